@@ -1,0 +1,1 @@
+"""speechbrain-quads: quantized distillation of Whisper SLU models for SpeechBrain."""
