@@ -1,0 +1,59 @@
+"""Intent classification head: masked mean pooling over valid frames, then a linear layer."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from speechbrain_quads.features import frame_mask
+
+
+def masked_mean(feats: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """Mean over valid frames.
+
+    Arguments
+    ---------
+    feats : torch.Tensor
+        (B, T, C) frame features.
+    lens : torch.Tensor
+        (B,) relative lengths in (0, 1].
+
+    Returns
+    -------
+    torch.Tensor
+        (B, C) pooled features; padding frames contribute nothing.
+    """
+    frames = torch.round(lens * feats.shape[1]).long().clamp(min=1)
+    mask = frame_mask(frames, feats.shape[1]).unsqueeze(-1).to(feats.dtype)
+    return (feats * mask).sum(dim=1) / frames.unsqueeze(-1).to(feats.dtype)
+
+
+class IntentClassifier(nn.Module):
+    """Masked mean pooling + dropout + linear: frame features -> intent logits.
+
+    Arguments
+    ---------
+    input_size : int
+        Feature width C.
+    n_intents : int
+        Number of intent classes.
+    dropout : float
+        Dropout on the pooled features.
+
+    Example
+    -------
+    >>> head = IntentClassifier(384, 10)
+    >>> head(torch.randn(2, 50, 384), torch.tensor([1.0, 0.4])).shape
+    torch.Size([2, 10])
+    """
+
+    def __init__(self, input_size: int, n_intents: int, dropout: float = 0.0):
+        super().__init__()
+        if n_intents < 2:
+            raise ValueError(f"n_intents must be at least 2, got {n_intents}")
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(input_size, n_intents)
+
+    def forward(self, feats: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) features and (B,) relative lengths -> (B, n_intents) logits."""
+        return self.linear(self.dropout(masked_mean(feats, lens)))

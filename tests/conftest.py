@@ -1,0 +1,49 @@
+"""Shared fixtures: offline Whisper directories and real synthesized speech."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may wait on the hub
+sys.path.insert(0, str(Path(__file__).parent))
+
+from speech import synthesize_clips  # noqa: E402
+
+from speechbrain_quads.pretrained import convert  # noqa: E402
+
+SENTENCES = [
+    "turn on the kitchen lights",
+    "what is the weather like tomorrow in paris",
+    "stop",
+    "set an alarm for seven thirty in the morning",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir() -> str:
+    """HF directory of Whisper tiny.en converted from the offline package (cached per user)."""
+    return str(convert("tiny.en"))
+
+
+@pytest.fixture(scope="session")
+def base_dir() -> str:
+    """HF directory of Whisper base converted from the offline packages (cached per user)."""
+    return str(convert("base"))
+
+
+@pytest.fixture(scope="session")
+def clips() -> list[torch.Tensor]:
+    """Four real synthesized utterances at 16 kHz, 0.6-2.5 s long, as (samples,) tensors."""
+    return synthesize_clips(SENTENCES)
+
+
+def pad_batch(waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """List of (T_i,) waveforms -> zero-padded (B, T) batch and relative lengths (B,)."""
+    longest = max(w.shape[0] for w in waves)
+    batch = torch.zeros(len(waves), longest)
+    for i, w in enumerate(waves):
+        batch[i, : w.shape[0]] = w
+    return batch, torch.tensor([w.shape[0] / longest for w in waves])
