@@ -253,22 +253,24 @@ def slurp_intents(n_intents: int | None = None, seed: int = 0) -> list[SlurpInte
 def sample_slurp(
     n: int,
     seed: int = 0,
-    n_intents: int | None = None,
+    intents: list[SlurpIntent] | None = None,
     templates_per_intent: int | None = None,
+    exclude: set[str] | frozenset[str] = frozenset(),
     max_tries: int = 20,
 ) -> list[SlurpUtterance]:
     """Draw ``n`` SLURP-format sentences, balanced over intents, distinct where possible.
 
-    Intents are visited in a seed-shuffled round-robin, so every chosen intent appears
-    ``n // n_intents`` or one more times. Each draw picks a template (among the first
-    ``templates_per_intent`` of the intent), fillers and an optional polite prefix; a duplicate
-    sentence is redrawn up to ``max_tries`` times and then kept.
+    Intents are visited in a seed-shuffled round-robin, so each appears ``n // len(intents)``
+    or one more times (all of them once ``n >= len(intents)``). Each draw picks a template
+    (among the first ``templates_per_intent`` of the intent), fillers and an optional opening;
+    a sentence already drawn or in ``exclude`` is redrawn up to ``max_tries`` times, then kept.
 
     Args:
         n: number of sentences.
         seed: random seed; same arguments, same list.
-        n_intents: how many intents to use (see ``slurp_intents``); None = all.
+        intents: the intents to use (see ``slurp_intents``); None = all of ``SLURP_INTENTS``.
         templates_per_intent: how many templates per intent to use; None = all.
+        exclude: sentences to avoid (e.g. those of another split).
         max_tries: redraws allowed for a duplicate sentence.
 
     Returns:
@@ -276,9 +278,11 @@ def sample_slurp(
     """
     if templates_per_intent is not None and templates_per_intent < 1:
         raise ValueError(f"templates_per_intent must be >= 1, got {templates_per_intent}")
-    intents = slurp_intents(n_intents, seed)
+    intents = list(SLURP_INTENTS) if intents is None else intents
+    if not intents:
+        raise ValueError("sample_slurp: intents is empty")
     rng = random.Random(seed)
-    seen: set[str] = set()
+    seen = set(exclude)
     utterances: list[SlurpUtterance] = []
     order: list[SlurpIntent] = []
     while len(utterances) < n:

@@ -1,0 +1,544 @@
+"""Generate small SLURP-format and Fluent-Speech-Commands-format corpora with offline voices.
+
+The output follows the real datasets' layouts, so the real prepare scripts read it unchanged:
+
+SLURP (``generate_slurp``)::
+
+    OUT_DIR/train.jsonl  train_synthetic.jsonl  devel.jsonl  test.jsonl
+    OUT_DIR/slurp_real/audio-<n>.flac       16 kHz mono FLAC, PCM 16 bit
+    OUT_DIR/slurp_synth/audio-<n>.flac      audio of train_synthetic.jsonl
+
+FSC (``generate_fsc``)::
+
+    OUT_DIR/data/train_data.csv  valid_data.csv  test_data.csv
+        header ``,path,speakerId,transcription,action,object,location``
+    OUT_DIR/wavs/speakers/<speakerId>/<uuid>.wav   16 kHz mono WAV, PCM 16 bit
+
+Both also write ``OUT_DIR/mini_corpus.json`` (arguments, speakers per split, speaker of every
+audio file, durations, timing). The corpus is built in a hidden staging folder next to
+``OUT_DIR`` and renamed to ``OUT_DIR`` only when complete, so an interrupted run never leaves
+something that looks finished. Speakers are disjoint across splits; every valid/test intent is
+also in train; labels and sentences are deterministic for a seed (Piper audio is not
+bit-exact across runs: its generator noise is unseeded).
+
+Usage::
+
+    python recipes/mini_corpus/generate.py slurp /tmp/slurp_mini --n-train 200 --seed 1
+    python recipes/mini_corpus/generate.py fsc /tmp/fsc_mini --n-train 200 --n-intents 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import multiprocessing
+import os
+import random
+import re
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import grammar
+import soundfile
+import torch
+import voices
+from tqdm import tqdm
+
+MANIFEST = "mini_corpus.json"
+"""Name of the manifest written last into a finished corpus."""
+
+SPLITS = ("train", "valid", "test")
+SLURP_FILES = {"train": "train.jsonl", "valid": "devel.jsonl", "test": "test.jsonl"}
+"""SLURP's file name for each split (its validation split is ``devel``)."""
+
+FSC_HEADER = ["", "path", "speakerId", "transcription", "action", "object", "location"]
+
+_ANNOTATED = re.compile(r"\[([a-z_]+) : ([^\]]+)\]")
+
+
+# ---------------------------------------------------------------------------------------------
+# Speakers
+
+
+def split_speakers(
+    pool: list[voices.Voice], n_heldout: int
+) -> dict[str, list[voices.Voice]]:
+    """Split a speaker pool into disjoint train/valid/test sets.
+
+    Piper and eSpeak speakers are interleaved (Piper first) before the split, so held-out sets
+    of two or more speakers contain both kinds. Test takes the first ``n_heldout`` speakers,
+    valid the next ``n_heldout``, train the rest (at least one).
+    """
+    if n_heldout < 1 or len(pool) < 2 * n_heldout + 1:
+        raise ValueError(f"need n_speakers >= 2 * n_heldout_speakers + 1 and n_heldout >= 1, "
+                         f"got {len(pool)} speakers and n_heldout={n_heldout}")
+    piper = [voice for voice in pool if isinstance(voice, voices.PiperSpeaker)]
+    others = [voice for voice in pool if not isinstance(voice, voices.PiperSpeaker)]
+    interleaved = [voice for pair in zip(piper, others, strict=False) for voice in pair]
+    shorter = min(len(piper), len(others))
+    interleaved += piper[shorter:] + others[shorter:]
+    return {
+        "test": interleaved[:n_heldout],
+        "valid": interleaved[n_heldout:2 * n_heldout],
+        "train": interleaved[2 * n_heldout:],
+    }
+
+
+class _SpeakerCycle:
+    """Balanced speaker assignment: round-robin over a seed-shuffled speaker list."""
+
+    def __init__(self, speakers: list[voices.Voice], rng: random.Random) -> None:
+        self.speakers = rng.sample(speakers, len(speakers))
+        self.position = 0
+
+    def take(self, count: int) -> list[voices.Voice]:
+        """The next ``count`` speakers (distinct if ``count <= len(speakers)``)."""
+        chosen = [self.speakers[(self.position + k) % len(self.speakers)] for k in range(count)]
+        self.position += count
+        return chosen
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthesis
+
+
+@dataclass(frozen=True)
+class Job:
+    """One audio file to synthesize: ``voice`` says ``text`` with ``variation`` into
+    ``path`` (relative to the corpus root; .flac or .wav, 16 kHz, PCM 16 bit)."""
+
+    path: str
+    voice: voices.Voice
+    text: str
+    variation: voices.Variation
+
+
+def make_job(path: str, voice: voices.Voice, text: str, seed: int) -> Job:
+    """A ``Job`` whose speed/pitch/noise variation is drawn from ``seed`` and ``path``."""
+    return Job(path, voice, text, voices.random_variation(random.Random(f"{seed}|{path}")))
+
+
+def _init_worker(num_threads: int) -> None:
+    """Limit torch and onnxruntime threads in a synthesis process."""
+    torch.set_num_threads(num_threads)
+    voices.set_num_threads(num_threads)
+
+
+def _run_job(job: Job, root: str) -> tuple[str, float]:
+    """Synthesize and write one file; returns ``(path, duration in seconds)``."""
+    wave = voices.render(job.voice, job.text, job.variation)
+    target = Path(root) / job.path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(target, wave.numpy(), voices.SAMPLE_RATE, subtype="PCM_16")
+    return job.path, wave.numel() / voices.SAMPLE_RATE
+
+
+def _run_job_star(arguments: tuple[Job, str]) -> tuple[str, float]:
+    return _run_job(*arguments)
+
+
+def synthesize_jobs(jobs: list[Job], root: Path, num_workers: int, desc: str) -> dict[str, float]:
+    """Synthesize ``jobs`` under ``root`` with a tqdm progress bar.
+
+    Args:
+        jobs: files to write.
+        root: corpus root folder.
+        num_workers: processes (1 = in this process); each gets ``cpus // num_workers``
+            threads.
+        desc: progress-bar label.
+
+    Returns:
+        duration in seconds of each written file, by relative path.
+    """
+    threads = max(1, (os.cpu_count() or 1) // max(num_workers, 1))
+    tasks = [(job, str(root)) for job in jobs]
+    durations: dict[str, float] = {}
+    with tqdm(total=len(jobs), desc=desc, unit="utt", file=sys.stderr) as progress:
+        if num_workers <= 1:
+            _init_worker(threads)
+            results: Iterator[tuple[str, float]] = map(_run_job_star, tasks)
+            for path, seconds in results:
+                durations[path] = seconds
+                progress.update()
+        else:
+            context = multiprocessing.get_context("spawn")
+            with context.Pool(num_workers, _init_worker, (threads,)) as pool:
+                for path, seconds in pool.imap_unordered(_run_job_star, tasks, chunksize=1):
+                    durations[path] = seconds
+                    progress.update()
+    return durations
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic output
+
+
+def _pid_alive(pid: int) -> bool:
+    """True if a process with id ``pid`` exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_staging(out_dir: Path) -> None:
+    """Delete staging folders of ``out_dir`` left by generations whose process is gone."""
+    for stale in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def is_complete(out_dir: str | Path) -> bool:
+    """True if ``out_dir`` holds a finished mini corpus (its manifest exists)."""
+    return (Path(out_dir) / MANIFEST).is_file()
+
+
+@contextmanager
+def _staging(out_dir: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a hidden staging folder; on success rename it to ``out_dir``, else delete it."""
+    if out_dir.exists() and not overwrite:
+        state = "a complete corpus" if is_complete(out_dir) else "not a complete corpus"
+        raise FileExistsError(f"{out_dir} already exists ({state}); pass overwrite=True "
+                              f"(--overwrite) to replace it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(out_dir)
+    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        if not is_complete(staging):
+            raise RuntimeError(f"{staging} has no {MANIFEST}: generation did not finish")
+        if out_dir.exists():
+            trash = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+            out_dir.rename(trash)
+            shutil.rmtree(trash)
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_manifest(root: Path, manifest: dict) -> None:
+    with open(root / MANIFEST, "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle, indent=1)
+
+
+def _manifest(kind: str, arguments: dict, speakers: dict[str, list[voices.Voice]],
+              jobs: dict[str, list[Job]], durations: dict[str, float], seconds: float) -> dict:
+    """The manifest: arguments, per-split speakers/counts/durations, file -> speaker."""
+    splits = {}
+    for split, split_jobs in jobs.items():
+        splits[split] = {
+            "speakers": sorted({job.voice.name for job in split_jobs}),
+            "files": len(split_jobs),
+            "audio_seconds": round(sum(durations[job.path] for job in split_jobs), 2),
+        }
+    all_voices = {voice.name: voice for group in speakers.values() for voice in group}
+    return {
+        "format": kind,
+        "arguments": arguments,
+        "splits": splits,
+        "voices": {name: {"type": type(voice).__name__, **asdict(voice)}
+                   for name, voice in sorted(all_voices.items())},
+        "speaker_of_file": {job.path: job.voice.name
+                            for split_jobs in jobs.values() for job in split_jobs},
+        "duration_of_file": {path: round(value, 3) for path, value in sorted(durations.items())},
+        "generation_seconds": round(seconds, 1),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# SLURP
+
+
+def slurp_tokens_and_spans(utterance: grammar.SlurpUtterance) -> tuple[list[dict], list[dict]]:
+    """SLURP ``tokens`` (surface, id, lemma, pos) and ``entities`` (span of token ids, type).
+
+    Lemmas repeat the surface form and ``pos`` is ``"XX"`` (unknown): no tagger is used.
+    """
+    words: list[str] = []
+    entities: list[dict] = []
+    position = 0
+    annotation = utterance.annotation
+    for match in _ANNOTATED.finditer(annotation):
+        words += annotation[position:match.start()].split()
+        filler = match.group(2).split()
+        entities.append({"span": list(range(len(words), len(words) + len(filler))),
+                         "type": match.group(1)})
+        words += filler
+        position = match.end()
+    words += annotation[position:].split()
+    if " ".join(words) != utterance.sentence:
+        raise ValueError(f"annotation {annotation!r} does not match {utterance.sentence!r}")
+    tokens = [{"surface": word, "id": index, "lemma": word, "pos": "XX"}
+              for index, word in enumerate(words)]
+    return tokens, entities
+
+
+def slurp_record(slurp_id: int, utterance: grammar.SlurpUtterance, files: list[str]) -> dict:
+    """One SLURP jsonl object, keys in the real files' order."""
+    tokens, entities = slurp_tokens_and_spans(utterance)
+    ent_wer = 0.0 if entities else None
+    return {
+        "slurp_id": slurp_id,
+        "sentence": utterance.sentence,
+        "sentence_annotation": utterance.annotation,
+        "intent": utterance.intent,
+        "action": utterance.action,
+        "tokens": tokens,
+        "scenario": utterance.scenario,
+        "recordings": [{"file": name, "wer": 0.0, "ent_wer": ent_wer, "status": "correct"}
+                       for name in files],
+        "entities": entities,
+    }
+
+
+def _slurp_split(
+    n_files: int, utterances: Iterator[grammar.SlurpUtterance], cycle: _SpeakerCycle,
+    rng: random.Random, second_share: float, counters: dict[str, int], audio_dir: str,
+    seed: int,
+) -> tuple[list[dict], list[Job]]:
+    """Lines and jobs of one split: each line has one recording, or two by different speakers
+    with probability ``second_share``, until ``n_files`` recordings."""
+    lines, jobs = [], []
+    while len(jobs) < n_files:
+        utterance = next(utterances)
+        two = (n_files - len(jobs) >= 2 and len(cycle.speakers) >= 2
+               and rng.random() < second_share)
+        files = []
+        for voice in cycle.take(2 if two else 1):
+            counters["file"] += 1
+            name = f"audio-{1600000000 + counters['file']}.flac"
+            files.append(name)
+            jobs.append(make_job(f"{audio_dir}/{name}", voice, utterance.sentence, seed))
+        counters["slurp_id"] += 1
+        lines.append(slurp_record(counters["slurp_id"], utterance, files))
+    return lines, jobs
+
+
+def _write_jsonl(path: Path, lines: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        for line in lines:
+            handle.write(json.dumps(line) + "\n")
+
+
+def generate_slurp(
+    out_dir: str | Path,
+    n_train: int = 200,
+    n_valid: int = 40,
+    n_test: int = 40,
+    n_synthetic: int = 20,
+    n_speakers: int = 8,
+    n_heldout_speakers: int = 1,
+    n_intents: int | None = None,
+    templates_per_intent: int | None = None,
+    second_recording_share: float = 0.25,
+    seed: int = 0,
+    num_workers: int = 2,
+    overwrite: bool = False,
+) -> Path:
+    """Generate a SLURP-format mini corpus in ``out_dir``.
+
+    Args:
+        out_dir: output folder (must not exist unless ``overwrite``).
+        n_train, n_valid, n_test: audio files in train / devel / test.
+        n_synthetic: audio files in ``train_synthetic.jsonl`` (train speakers).
+        n_speakers: speakers in all (see ``voices.speaker_pool``).
+        n_heldout_speakers: speakers in devel and in test each (disjoint from train).
+        n_intents: intents used (None = all of ``grammar.SLURP_INTENTS``).
+        templates_per_intent: templates per intent (None = all).
+        second_recording_share: probability that a line gets a second recording by another
+            speaker of its split (real SLURP lines have several).
+        seed: random seed for speakers, sentences and variations.
+        num_workers: synthesis processes.
+        overwrite: replace an existing ``out_dir``.
+
+    Returns:
+        ``out_dir`` as a Path.
+    """
+    arguments = {key: value for key, value in locals().items() if key != "out_dir"}
+    out_dir = Path(out_dir)
+    start = time.perf_counter()
+    intents = grammar.slurp_intents(n_intents, seed)
+    sizes = {"train": n_train, "valid": n_valid, "test": n_test}
+    if n_train < len(intents):
+        raise ValueError(f"n_train ({n_train}) must be >= the number of intents ({len(intents)})")
+    speakers = split_speakers(voices.speaker_pool(n_speakers, seed), n_heldout_speakers)
+    rng = random.Random(seed)
+    counters = {"file": 0, "slurp_id": 0}
+    seen: set[str] = set()
+    lines: dict[str, list[dict]] = {}
+    jobs: dict[str, list[Job]] = {}
+    parts = [(split, sizes[split], split, "slurp_real") for split in SPLITS]
+    parts.append(("train_synthetic", n_synthetic, "train", "slurp_synth"))
+    for index, (part, n_files, speaker_split, audio_dir) in enumerate(parts):
+        drawn = grammar.sample_slurp(n_files, seed * 1000 + index, intents,
+                                     templates_per_intent, exclude=seen)
+        seen.update(utterance.sentence for utterance in drawn)
+        cycle = _SpeakerCycle(speakers[speaker_split], rng)
+        lines[part], jobs[part] = _slurp_split(n_files, iter(drawn), cycle, rng,
+                                               second_recording_share, counters, audio_dir, seed)
+    with _staging(out_dir, overwrite) as root:
+        all_jobs = [job for part_jobs in jobs.values() for job in part_jobs]
+        durations = synthesize_jobs(all_jobs, root, num_workers, "slurp")
+        for part, part_lines in lines.items():
+            _write_jsonl(root / SLURP_FILES.get(part, f"{part}.jsonl"), part_lines)
+        speakers["train_synthetic"] = speakers["train"]
+        _write_manifest(root, _manifest("slurp", arguments, speakers, jobs, durations,
+                                        time.perf_counter() - start))
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# FSC
+
+
+def _fsc_split(
+    n_files: int, commands: list[grammar.FscCommand], cycle: _SpeakerCycle,
+    rng: random.Random, seed: int,
+) -> tuple[list[list], list[Job]]:
+    """CSV rows and jobs of one FSC split: commands in a shuffled round-robin (balanced)."""
+    rows, jobs, order = [], [], []
+    for index in range(n_files):
+        if not order:
+            order = rng.sample(commands, len(commands))
+        command = order.pop()
+        phrase = rng.choice(command.phrases)
+        voice = cycle.take(1)[0]
+        path = f"wavs/speakers/{voice.name}/{uuid.UUID(int=rng.getrandbits(128))}.wav"
+        transcription = phrase[0].upper() + phrase[1:]
+        rows.append([index, path, voice.name, transcription, command.action, command.object,
+                     command.location])
+        jobs.append(make_job(path, voice, phrase, seed))
+    return rows, jobs
+
+
+def generate_fsc(
+    out_dir: str | Path,
+    n_train: int = 200,
+    n_valid: int = 40,
+    n_test: int = 40,
+    n_speakers: int = 8,
+    n_heldout_speakers: int = 1,
+    n_intents: int | None = 16,
+    phrases_per_intent: int = 4,
+    seed: int = 0,
+    num_workers: int = 2,
+    overwrite: bool = False,
+) -> Path:
+    """Generate a Fluent-Speech-Commands-format mini corpus in ``out_dir``.
+
+    Args:
+        out_dir: output folder (must not exist unless ``overwrite``).
+        n_train, n_valid, n_test: rows (wav files) of ``data/{train,valid,test}_data.csv``.
+        n_speakers: speakers in all.
+        n_heldout_speakers: speakers in valid and in test each (disjoint from train).
+        n_intents: (action, object, location) triples (None = every valid triple).
+        phrases_per_intent: paraphrases per triple (1-5).
+        seed: random seed.
+        num_workers: synthesis processes.
+        overwrite: replace an existing ``out_dir``.
+
+    Returns:
+        ``out_dir`` as a Path.
+    """
+    arguments = {key: value for key, value in locals().items() if key != "out_dir"}
+    out_dir = Path(out_dir)
+    start = time.perf_counter()
+    commands = grammar.fsc_commands(n_intents, phrases_per_intent, seed)
+    if n_train < len(commands):
+        raise ValueError(f"n_train ({n_train}) must be >= the number of intents "
+                         f"({len(commands)})")
+    speakers = split_speakers(voices.speaker_pool(n_speakers, seed), n_heldout_speakers)
+    rng = random.Random(seed)
+    sizes = {"train": n_train, "valid": n_valid, "test": n_test}
+    rows: dict[str, list[list]] = {}
+    jobs: dict[str, list[Job]] = {}
+    for split in SPLITS:
+        cycle = _SpeakerCycle(speakers[split], rng)
+        rows[split], jobs[split] = _fsc_split(sizes[split], commands, cycle, rng, seed)
+    with _staging(out_dir, overwrite) as root:
+        all_jobs = [job for split_jobs in jobs.values() for job in split_jobs]
+        durations = synthesize_jobs(all_jobs, root, num_workers, "fsc")
+        (root / "data").mkdir()
+        for split, split_rows in rows.items():
+            with open(root / "data" / f"{split}_data.csv", "w", newline="",
+                      encoding="utf-8") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(FSC_HEADER)
+                writer.writerows(split_rows)
+        _write_manifest(root, _manifest("fsc", arguments, speakers, jobs, durations,
+                                        time.perf_counter() - start))
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Generate a small SLURP-format or Fluent-Speech-Commands-format corpus "
+                    "with offline voices (Piper, Praat pseudo-speakers, eSpeak NG). Needs the "
+                    "'demo' extra. Output is written to a hidden staging folder and renamed to "
+                    "OUT_DIR when complete (with a mini_corpus.json manifest).",
+        epilog="Examples: generate.py slurp /tmp/slurp_mini --n-train 200 --seed 1 ; "
+               "generate.py fsc /tmp/fsc_mini --n-intents 16 --n-speakers 10",
+    )
+    parser.add_argument("format", choices=("slurp", "fsc"), help="dataset layout to write")
+    parser.add_argument("out_dir", type=Path, help="output folder (must not exist)")
+    parser.add_argument("--n-train", type=int, default=200, help="train audio files")
+    parser.add_argument("--n-valid", type=int, default=40, help="valid (SLURP devel) files")
+    parser.add_argument("--n-test", type=int, default=40, help="test audio files")
+    parser.add_argument("--n-synthetic", type=int, default=20,
+                        help="SLURP only: files in train_synthetic.jsonl")
+    parser.add_argument("--n-speakers", type=int, default=8, help="speakers in all")
+    parser.add_argument("--n-heldout-speakers", type=int, default=1,
+                        help="speakers in valid and in test each, disjoint from train")
+    parser.add_argument("--n-intents", type=int, default=None,
+                        help="intents to use (default: SLURP all 33, FSC 16)")
+    parser.add_argument("--templates-per-intent", type=int, default=None,
+                        help="SLURP only: templates per intent (default all)")
+    parser.add_argument("--phrases-per-intent", type=int, default=4,
+                        help="FSC only: paraphrases per intent (1-5)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--num-workers", type=int, default=2, help="synthesis processes")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Command-line entry point; returns the corpus folder."""
+    args = _parser().parse_args(argv)
+    common = dict(n_train=args.n_train, n_valid=args.n_valid, n_test=args.n_test,
+                  n_speakers=args.n_speakers, n_heldout_speakers=args.n_heldout_speakers,
+                  seed=args.seed, num_workers=args.num_workers, overwrite=args.overwrite)
+    if args.format == "slurp":
+        out = generate_slurp(args.out_dir, n_synthetic=args.n_synthetic,
+                             n_intents=args.n_intents,
+                             templates_per_intent=args.templates_per_intent, **common)
+    else:
+        n_intents = 16 if args.n_intents is None else args.n_intents
+        out = generate_fsc(args.out_dir, n_intents=n_intents,
+                           phrases_per_intent=args.phrases_per_intent, **common)
+    with open(out / MANIFEST, encoding="utf-8") as handle:
+        manifest = json.load(handle)
+    print(f"wrote {out} in {manifest['generation_seconds']} s: "
+          + ", ".join(f"{split} {info['files']} files / {info['audio_seconds']} s audio"
+                      for split, info in manifest["splits"].items()))
+    return out
+
+
+if __name__ == "__main__":
+    main()
