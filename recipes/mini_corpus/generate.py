@@ -55,8 +55,9 @@ MANIFEST = "mini_corpus.json"
 """Name of the manifest written last into a finished corpus."""
 
 SPLITS = ("train", "valid", "test")
-SLURP_FILES = {"train": "train.jsonl", "valid": "devel.jsonl", "test": "test.jsonl"}
-"""SLURP's file name for each split (its validation split is ``devel``)."""
+SLURP_FILES = {"train": "train.jsonl", "valid": "devel.jsonl", "test": "test.jsonl",
+               "train_synthetic": "train_synthetic.jsonl"}
+"""SLURP's file name for each part (its validation split is ``devel``)."""
 
 FSC_HEADER = ["", "path", "speakerId", "transcription", "action", "object", "location"]
 
@@ -259,6 +260,57 @@ def _manifest(kind: str, arguments: dict, speakers: dict[str, list[voices.Voice]
 
 
 # ---------------------------------------------------------------------------------------------
+# Plans
+
+
+@dataclass(frozen=True)
+class CorpusPlan:
+    """Everything in a corpus but its audio: deterministic for the planning arguments.
+
+    Attributes:
+        kind: ``"slurp"`` or ``"fsc"``.
+        speakers: speakers of each part (``train``, ``valid``, ``test``, SLURP's
+            ``train_synthetic``).
+        jobs: audio files of each part.
+        tables: label files by relative path: ``.jsonl`` -> list of objects, ``.csv`` -> list
+            of rows (header first).
+    """
+
+    kind: str
+    speakers: dict[str, list[voices.Voice]]
+    jobs: dict[str, list[Job]]
+    tables: dict[str, list]
+
+
+def _write_table(path: Path, rows: list) -> None:
+    """Write a ``.jsonl`` (one JSON object a line) or ``.csv`` table."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        if path.suffix == ".jsonl":
+            handle.writelines(json.dumps(row) + "\n" for row in rows)
+        elif path.suffix == ".csv":
+            csv.writer(handle, lineterminator="\n").writerows(rows)
+        else:
+            raise ValueError(f"{path}: unknown table type {path.suffix!r}")
+
+
+def build(out_dir: str | Path, plan: CorpusPlan, arguments: dict, num_workers: int = 2,
+          overwrite: bool = False) -> Path:
+    """Synthesize ``plan``'s audio and write its tables and manifest, atomically, to
+    ``out_dir``; ``arguments`` are recorded in the manifest."""
+    out_dir = Path(out_dir)
+    start = time.perf_counter()
+    with _staging(out_dir, overwrite) as root:
+        all_jobs = [job for part_jobs in plan.jobs.values() for job in part_jobs]
+        durations = synthesize_jobs(all_jobs, root, num_workers, plan.kind)
+        for relative, rows in plan.tables.items():
+            _write_table(root / relative, rows)
+        _write_manifest(root, _manifest(plan.kind, arguments, plan.speakers, plan.jobs,
+                                        durations, time.perf_counter() - start))
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------
 # SLURP
 
 
@@ -327,10 +379,55 @@ def _slurp_split(
     return lines, jobs
 
 
-def _write_jsonl(path: Path, lines: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        for line in lines:
-            handle.write(json.dumps(line) + "\n")
+def plan_slurp(
+    n_train: int = 200,
+    n_valid: int = 40,
+    n_test: int = 40,
+    n_synthetic: int = 20,
+    n_speakers: int = 8,
+    n_heldout_speakers: int = 1,
+    n_intents: int | None = None,
+    templates_per_intent: int | None = None,
+    second_recording_share: float = 0.25,
+    seed: int = 0,
+) -> CorpusPlan:
+    """Plan a SLURP-format corpus (jsonl lines, speakers, audio jobs) without synthesizing.
+
+    Args:
+        n_train, n_valid, n_test: audio files in train / devel / test.
+        n_synthetic: audio files in ``train_synthetic.jsonl`` (spoken by train speakers).
+        n_speakers: speakers in all (see ``voices.speaker_pool``).
+        n_heldout_speakers: speakers in devel and in test each (disjoint from train).
+        n_intents: intents used (None = all of ``grammar.SLURP_INTENTS``).
+        templates_per_intent: templates per intent (None = all).
+        second_recording_share: probability that a line gets a second recording by another
+            speaker of its split (real SLURP lines have several).
+        seed: random seed for speakers, sentences and variations.
+
+    Returns:
+        a ``CorpusPlan``; sentences never repeat across splits while the grammar allows it.
+    """
+    intents = grammar.slurp_intents(n_intents, seed)
+    if n_train < len(intents):
+        raise ValueError(f"n_train ({n_train}) must be >= the number of intents ({len(intents)})")
+    speakers = split_speakers(voices.speaker_pool(n_speakers, seed), n_heldout_speakers)
+    speakers["train_synthetic"] = speakers["train"]
+    sizes = {"train": n_train, "valid": n_valid, "test": n_test, "train_synthetic": n_synthetic}
+    rng = random.Random(seed)
+    counters = {"file": 0, "slurp_id": 0}
+    seen: set[str] = set()
+    tables: dict[str, list] = {}
+    jobs: dict[str, list[Job]] = {}
+    for index, (part, file_name) in enumerate(SLURP_FILES.items()):
+        drawn = grammar.sample_slurp(sizes[part], seed * 1000 + index, intents,
+                                     templates_per_intent, exclude=seen)
+        seen.update(utterance.sentence for utterance in drawn)
+        cycle = _SpeakerCycle(speakers[part], rng)
+        audio_dir = "slurp_synth" if part == "train_synthetic" else "slurp_real"
+        tables[file_name], jobs[part] = _slurp_split(
+            sizes[part], iter(drawn), cycle, rng, second_recording_share, counters, audio_dir,
+            seed)
+    return CorpusPlan("slurp", speakers, jobs, tables)
 
 
 def generate_slurp(
@@ -348,56 +445,19 @@ def generate_slurp(
     num_workers: int = 2,
     overwrite: bool = False,
 ) -> Path:
-    """Generate a SLURP-format mini corpus in ``out_dir``.
+    """Generate a SLURP-format mini corpus in ``out_dir`` (arguments as in ``plan_slurp``).
 
     Args:
         out_dir: output folder (must not exist unless ``overwrite``).
-        n_train, n_valid, n_test: audio files in train / devel / test.
-        n_synthetic: audio files in ``train_synthetic.jsonl`` (train speakers).
-        n_speakers: speakers in all (see ``voices.speaker_pool``).
-        n_heldout_speakers: speakers in devel and in test each (disjoint from train).
-        n_intents: intents used (None = all of ``grammar.SLURP_INTENTS``).
-        templates_per_intent: templates per intent (None = all).
-        second_recording_share: probability that a line gets a second recording by another
-            speaker of its split (real SLURP lines have several).
-        seed: random seed for speakers, sentences and variations.
         num_workers: synthesis processes.
         overwrite: replace an existing ``out_dir``.
 
     Returns:
         ``out_dir`` as a Path.
     """
-    arguments = {key: value for key, value in locals().items() if key != "out_dir"}
-    out_dir = Path(out_dir)
-    start = time.perf_counter()
-    intents = grammar.slurp_intents(n_intents, seed)
-    sizes = {"train": n_train, "valid": n_valid, "test": n_test}
-    if n_train < len(intents):
-        raise ValueError(f"n_train ({n_train}) must be >= the number of intents ({len(intents)})")
-    speakers = split_speakers(voices.speaker_pool(n_speakers, seed), n_heldout_speakers)
-    rng = random.Random(seed)
-    counters = {"file": 0, "slurp_id": 0}
-    seen: set[str] = set()
-    lines: dict[str, list[dict]] = {}
-    jobs: dict[str, list[Job]] = {}
-    parts = [(split, sizes[split], split, "slurp_real") for split in SPLITS]
-    parts.append(("train_synthetic", n_synthetic, "train", "slurp_synth"))
-    for index, (part, n_files, speaker_split, audio_dir) in enumerate(parts):
-        drawn = grammar.sample_slurp(n_files, seed * 1000 + index, intents,
-                                     templates_per_intent, exclude=seen)
-        seen.update(utterance.sentence for utterance in drawn)
-        cycle = _SpeakerCycle(speakers[speaker_split], rng)
-        lines[part], jobs[part] = _slurp_split(n_files, iter(drawn), cycle, rng,
-                                               second_recording_share, counters, audio_dir, seed)
-    with _staging(out_dir, overwrite) as root:
-        all_jobs = [job for part_jobs in jobs.values() for job in part_jobs]
-        durations = synthesize_jobs(all_jobs, root, num_workers, "slurp")
-        for part, part_lines in lines.items():
-            _write_jsonl(root / SLURP_FILES.get(part, f"{part}.jsonl"), part_lines)
-        speakers["train_synthetic"] = speakers["train"]
-        _write_manifest(root, _manifest("slurp", arguments, speakers, jobs, durations,
-                                        time.perf_counter() - start))
-    return out_dir
+    arguments = {key: value for key, value in locals().items()
+                 if key not in ("out_dir", "num_workers", "overwrite")}
+    return build(out_dir, plan_slurp(**arguments), arguments, num_workers, overwrite)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,6 +484,45 @@ def _fsc_split(
     return rows, jobs
 
 
+def plan_fsc(
+    n_train: int = 200,
+    n_valid: int = 40,
+    n_test: int = 40,
+    n_speakers: int = 8,
+    n_heldout_speakers: int = 1,
+    n_intents: int | None = 16,
+    phrases_per_intent: int = 4,
+    seed: int = 0,
+) -> CorpusPlan:
+    """Plan a Fluent-Speech-Commands-format corpus (CSV rows, speakers, audio jobs).
+
+    Args:
+        n_train, n_valid, n_test: rows (wav files) of ``data/{train,valid,test}_data.csv``.
+        n_speakers: speakers in all.
+        n_heldout_speakers: speakers in valid and in test each (disjoint from train).
+        n_intents: (action, object, location) triples (None = every valid triple).
+        phrases_per_intent: paraphrases per triple (1-5).
+        seed: random seed.
+
+    Returns:
+        a ``CorpusPlan``.
+    """
+    commands = grammar.fsc_commands(n_intents, phrases_per_intent, seed)
+    if n_train < len(commands):
+        raise ValueError(f"n_train ({n_train}) must be >= the number of intents "
+                         f"({len(commands)})")
+    speakers = split_speakers(voices.speaker_pool(n_speakers, seed), n_heldout_speakers)
+    rng = random.Random(seed)
+    sizes = {"train": n_train, "valid": n_valid, "test": n_test}
+    tables: dict[str, list] = {}
+    jobs: dict[str, list[Job]] = {}
+    for split in SPLITS:
+        cycle = _SpeakerCycle(speakers[split], rng)
+        rows, jobs[split] = _fsc_split(sizes[split], commands, cycle, rng, seed)
+        tables[f"data/{split}_data.csv"] = [FSC_HEADER, *rows]
+    return CorpusPlan("fsc", speakers, jobs, tables)
+
+
 def generate_fsc(
     out_dir: str | Path,
     n_train: int = 200,
@@ -437,50 +536,19 @@ def generate_fsc(
     num_workers: int = 2,
     overwrite: bool = False,
 ) -> Path:
-    """Generate a Fluent-Speech-Commands-format mini corpus in ``out_dir``.
+    """Generate an FSC-format mini corpus in ``out_dir`` (arguments as in ``plan_fsc``).
 
     Args:
         out_dir: output folder (must not exist unless ``overwrite``).
-        n_train, n_valid, n_test: rows (wav files) of ``data/{train,valid,test}_data.csv``.
-        n_speakers: speakers in all.
-        n_heldout_speakers: speakers in valid and in test each (disjoint from train).
-        n_intents: (action, object, location) triples (None = every valid triple).
-        phrases_per_intent: paraphrases per triple (1-5).
-        seed: random seed.
         num_workers: synthesis processes.
         overwrite: replace an existing ``out_dir``.
 
     Returns:
         ``out_dir`` as a Path.
     """
-    arguments = {key: value for key, value in locals().items() if key != "out_dir"}
-    out_dir = Path(out_dir)
-    start = time.perf_counter()
-    commands = grammar.fsc_commands(n_intents, phrases_per_intent, seed)
-    if n_train < len(commands):
-        raise ValueError(f"n_train ({n_train}) must be >= the number of intents "
-                         f"({len(commands)})")
-    speakers = split_speakers(voices.speaker_pool(n_speakers, seed), n_heldout_speakers)
-    rng = random.Random(seed)
-    sizes = {"train": n_train, "valid": n_valid, "test": n_test}
-    rows: dict[str, list[list]] = {}
-    jobs: dict[str, list[Job]] = {}
-    for split in SPLITS:
-        cycle = _SpeakerCycle(speakers[split], rng)
-        rows[split], jobs[split] = _fsc_split(sizes[split], commands, cycle, rng, seed)
-    with _staging(out_dir, overwrite) as root:
-        all_jobs = [job for split_jobs in jobs.values() for job in split_jobs]
-        durations = synthesize_jobs(all_jobs, root, num_workers, "fsc")
-        (root / "data").mkdir()
-        for split, split_rows in rows.items():
-            with open(root / "data" / f"{split}_data.csv", "w", newline="",
-                      encoding="utf-8") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(FSC_HEADER)
-                writer.writerows(split_rows)
-        _write_manifest(root, _manifest("fsc", arguments, speakers, jobs, durations,
-                                        time.perf_counter() - start))
-    return out_dir
+    arguments = {key: value for key, value in locals().items()
+                 if key not in ("out_dir", "num_workers", "overwrite")}
+    return build(out_dir, plan_fsc(**arguments), arguments, num_workers, overwrite)
 
 
 # ---------------------------------------------------------------------------------------------
