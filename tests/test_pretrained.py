@@ -122,7 +122,7 @@ def test_killed_conversion_never_leaves_a_loadable_directory(tmp_path):
 def _fake_base_packages(root: Path, part2_bytes: int | None) -> None:
     """Shadow the base packages: part1 linked to the real file, part2 truncated or absent."""
     real = pretrained._choose_source("base")[1]
-    for index, (dist, relpath) in enumerate(pretrained.SOURCES["base"][0].files):
+    for index, (_, relpath) in enumerate(pretrained.SOURCES["base"][0].files):
         target = root / relpath
         target.parent.mkdir(parents=True)
         (target.parents[1] / "__init__.py").write_text("")
