@@ -1,0 +1,432 @@
+"""Codebook (palettized) weight quantization with the codebook in the training loop.
+
+Lifecycle, in the spirit of coremltools' palettizer and torchao's ``quantize_``::
+
+    quantizer = CodebookQuantizer(QuantizationConfig(bits=4))
+    quantizer.prepare(model)        # parametrize the selected weights (mode "off")
+    quantizer.cluster()             # k-means from the current weights, mode -> "train"
+    ...train...                     # gradients reach the centroids
+    quantizer.set_mode("off" | "train" | "frozen")
+    quantizer.commit()              # write centroids[indices] into the latent weights
+    quantizer.size_report()
+    quantizer.finalize()            # plain quantized weights, parametrizations removed
+
+Each quantized ``weight`` gets a :class:`CodebookParametrization` through
+``torch.nn.utils.parametrize``; it holds the ``centroids`` parameter and the ``indices``,
+``mode`` and ``clustered`` buffers, so the model's own ``state_dict`` carries the whole
+quantizer state (a checkpoint saved mid-training restores it with ``load_state_dict``).
+Pure torch: no SpeechBrain or Whisper import here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.utils import parametrize
+
+from speechbrain_quads.kmeans import INITS, kmeans_1d
+
+if TYPE_CHECKING:
+    from speechbrain_quads.packing import SizeReport
+
+MODES = ("off", "train", "frozen")
+"""Quantizer modes: latent weights unchanged / ``centroids[indices]`` trained / ... frozen."""
+
+GRANULARITIES = ("per_tensor", "per_group")
+
+
+@dataclass
+class QuantizationConfig:
+    """Plain-typed settings of a :class:`CodebookQuantizer` (HyperPyYAML friendly).
+
+    Attributes:
+        bits: index width b; each codebook has k = 2**b centroids (1 <= b <= 8).
+        init: k-means initialisation: ``linear`` (default), ``density``, ``kmeans++``, ``range``.
+        kmeans_iters: maximum Lloyd iterations per clustering.
+        seed: seed of the (deterministic) clustering.
+        granularity: ``per_tensor`` (one codebook per weight) or ``per_group``.
+        group_size: output channels (rows of dim 0) per codebook when ``per_group``.
+        module_types: class names of the modules whose ``weight`` is quantized (matched against
+            the class and its bases, so subclasses of ``nn.Linear`` count as ``Linear``).
+        include: regexes; if any are given, a module name must match one (``re.search``).
+        exclude: regexes; a module name matching one is left in full precision.
+        min_numel: weights with fewer elements stay in full precision.
+        recluster: if False, :meth:`CodebookQuantizer.cluster` clusters only once.
+        clip_percentile: percent of outliers clipped at each end by ``init="range"``.
+    """
+
+    bits: int = 8
+    init: str = "linear"
+    kmeans_iters: int = 30
+    seed: int = 0
+    granularity: str = "per_tensor"
+    group_size: int = 64
+    module_types: Sequence[str] = ("Linear", "Conv1d")
+    include: Sequence[str] = field(default_factory=tuple)
+    exclude: Sequence[str] = field(default_factory=tuple)
+    min_numel: int = 0
+    recluster: bool = True
+    clip_percentile: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("module_types", "include", "exclude"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(item, str) for item in value):
+                raise ValueError(f"{name}: expected a list of strings, got {value!r}")
+            setattr(self, name, tuple(value))
+        self._check_int("bits", 1, 8)
+        self._check_int("kmeans_iters", 0, None)
+        self._check_int("seed", 0, None)
+        self._check_int("group_size", 1, None)
+        self._check_int("min_numel", 0, None)
+        if self.init not in INITS:
+            raise ValueError(f"init: {self.init!r} is not one of {INITS}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity: {self.granularity!r} is not one of {GRANULARITIES}")
+        if not self.module_types:
+            raise ValueError("module_types: at least one module type is required")
+        if not isinstance(self.recluster, bool):
+            raise ValueError(f"recluster: expected true or false, got {self.recluster!r}")
+        percentile = self.clip_percentile
+        if not isinstance(percentile, (int, float)) or not 0.0 <= percentile < 50.0:
+            raise ValueError(f"clip_percentile: expected 0 <= value < 50, got {percentile!r}")
+        for name in ("include", "exclude"):
+            for pattern in getattr(self, name):
+                try:
+                    re.compile(pattern)
+                except re.error as error:
+                    raise ValueError(f"{name}: bad regex {pattern!r} ({error})") from None
+
+    def _check_int(self, name: str, low: int, high: int | None) -> None:
+        """Raise ValueError naming ``name`` unless it is an int in ``[low, high]``."""
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name}: expected an integer, got {value!r}")
+        if value < low or (high is not None and value > high):
+            bound = f"{low} <= {name} <= {high}" if high is not None else f"{name} >= {low}"
+            raise ValueError(f"{name}: {value} is out of range ({bound})")
+
+
+class _CodebookGather(torch.autograd.Function):
+    """``table.flatten()[index]`` whose backward sums member gradients per centroid.
+
+    The backward is one ``index_add_`` over the flat indices: the gradient of a centroid is the
+    sum of the gradients of the weights assigned to it (QUADS' indicator rule). It is faster
+    than autograd's generic advanced-indexing backward (see ``benchmarks/quantization.py``).
+    """
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, index: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        ctx.table_shape = table.shape
+        return table.reshape(-1).index_select(0, index).view(shape)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (index,) = ctx.saved_tensors
+        numel = ctx.table_shape.numel()
+        grad_table = grad.new_zeros(numel).index_add_(0, index, grad.reshape(-1))
+        return grad_table.view(ctx.table_shape), None, None
+
+
+class CodebookParametrization(nn.Module):
+    """Parametrization of one weight: ``W = centroids[group, indices]`` when enabled.
+
+    State (all in the owning model's ``state_dict``):
+        centroids: (groups, k) parameter in the weight's dtype, k = 2**bits.
+        indices: uint8 buffer with the weight's shape; values in ``[0, k)``.
+        mode: uint8 scalar buffer, index into :data:`MODES`.
+        clustered: uint8 scalar buffer, 1 once k-means has run.
+
+    Groups are contiguous blocks of output channels (dim 0): weight row ``r`` uses codebook
+    ``r // (rows / groups)``.
+    """
+
+    def __init__(self, weight: torch.Tensor, bits: int, groups: int) -> None:
+        super().__init__()
+        self.bits = bits
+        self.groups = groups
+        factory = {"device": weight.device}
+        self.centroids = nn.Parameter(torch.zeros(groups, 2**bits, dtype=weight.dtype, **factory))
+        self.register_buffer("indices", torch.zeros(weight.shape, dtype=torch.uint8, **factory))
+        self.register_buffer("mode", torch.zeros((), dtype=torch.uint8, **factory))
+        self.register_buffer("clustered", torch.zeros((), dtype=torch.uint8, **factory))
+        self._index_cache: tuple[torch.Tensor, int, torch.Tensor] | None = None
+        self._mode_cache: tuple[torch.Tensor, int, str] | None = None
+
+    @property
+    def k(self) -> int:
+        """Codebook size 2**bits."""
+        return 2**self.bits
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        """Map the latent weight (any shape) to the weight the module uses (same shape)."""
+        mode = self.current_mode()
+        if mode == "off":
+            return latent
+        table = self.centroids if mode == "train" else self.centroids.detach()
+        return _CodebookGather.apply(table, self.flat_indices(), latent.shape)
+
+    def quantized(self) -> torch.Tensor:
+        """``centroids[indices]`` with the weight's shape, differentiable w.r.t. centroids."""
+        return _CodebookGather.apply(self.centroids, self.flat_indices(), self.indices.shape)
+
+    def current_mode(self) -> str:
+        """The mode stored in the ``mode`` buffer (cached until the buffer changes)."""
+        cache = self._mode_cache
+        if cache is None or cache[0] is not self.mode or cache[1] != self.mode._version:
+            cache = (self.mode, self.mode._version, MODES[int(self.mode)])
+            self._mode_cache = cache
+        return cache[2]
+
+    def flat_indices(self) -> torch.Tensor:
+        """(numel,) int64 positions into ``centroids.flatten()`` (cached until indices change).
+
+        uint8 indices cannot be used to index directly (torch reads them as a boolean mask).
+        """
+        cache = self._index_cache
+        if cache is None or cache[0] is not self.indices or cache[1] != self.indices._version:
+            per_group = self.indices.numel() // self.groups
+            offsets = torch.arange(self.groups, device=self.indices.device) * self.k
+            flat = self.indices.reshape(self.groups, per_group).long() + offsets.unsqueeze(1)
+            cache = (self.indices, self.indices._version, flat.reshape(-1))
+            self._index_cache = cache
+        return cache[2]
+
+    def invalidate(self) -> None:
+        """Drop cached copies of ``indices`` and ``mode`` (after writes outside autograd)."""
+        self._index_cache = None
+        self._mode_cache = None
+
+    @torch.no_grad()
+    def fit(self, latent: torch.Tensor, config: QuantizationConfig, seed: int) -> None:
+        """Run k-means on ``latent`` (the weight's shape) and store centroids and indices."""
+        values = latent.detach().reshape(self.groups, -1)
+        centroids, indices = kmeans_1d(
+            values,
+            self.k,
+            init=config.init,
+            iters=config.kmeans_iters,
+            seed=seed,
+            clip_percentile=config.clip_percentile,
+        )
+        self.centroids.copy_(centroids)
+        self.indices.copy_(indices.reshape(self.indices.shape))
+        self.clustered.fill_(1)
+        self.invalidate()
+
+    def broadcast_from_rank0(self) -> None:
+        """Make every rank's codebook equal to rank 0's (no-op without torch.distributed)."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        for tensor in (self.centroids.data, self.indices, self.clustered):
+            dist.broadcast(tensor, src=0)
+        self.invalidate()
+
+
+def _type_matches(module: nn.Module, module_types: Sequence[str]) -> bool:
+    """True if the class of ``module`` or one of its bases is named in ``module_types``."""
+    return any(cls.__name__ in module_types for cls in type(module).__mro__)
+
+
+def _name_selected(name: str, config: QuantizationConfig) -> bool:
+    """Apply the include/exclude regexes of ``config`` to a module name."""
+    if config.include and not any(re.search(p, name) for p in config.include):
+        return False
+    return not any(re.search(p, name) for p in config.exclude)
+
+
+def select_modules(model: nn.Module, config: QuantizationConfig) -> list[tuple[str, nn.Module]]:
+    """Modules of ``model`` whose ``weight`` the config quantizes, in ``named_modules`` order.
+
+    A module is selected if its type matches ``module_types``, its name passes ``include`` /
+    ``exclude``, it owns a floating ``weight`` parameter with at least ``min_numel`` elements.
+    Biases, norms and (by default) embeddings therefore stay in full precision.
+    """
+    selected = []
+    for name, module in model.named_modules():
+        if not _type_matches(module, config.module_types) or not _name_selected(name, config):
+            continue
+        if parametrize.is_parametrized(module, "weight"):
+            raise ValueError(f"module {name!r}: weight is already parametrized (prepared twice?)")
+        weight = module._parameters.get("weight")
+        if weight is None or not weight.is_floating_point() or weight.dim() < 1:
+            continue
+        if weight.numel() >= config.min_numel:
+            selected.append((name, module))
+    return selected
+
+
+def _group_count(name: str, weight: torch.Tensor, config: QuantizationConfig) -> int:
+    """Number of codebooks for ``weight``: 1 per tensor, or rows / group_size per group."""
+    rows = weight.shape[0]
+    if config.granularity == "per_tensor" or rows <= config.group_size:
+        return 1
+    if rows % config.group_size:
+        raise ValueError(
+            f"group_size: {config.group_size} does not divide the {rows} output channels "
+            f"of module {name!r}"
+        )
+    return rows // config.group_size
+
+
+def quantized_modules(model: nn.Module) -> dict[str, tuple[nn.Module, CodebookParametrization]]:
+    """All ``(module, parametrization)`` pairs of ``model`` quantized by this engine, by name."""
+    found = {}
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module, "weight"):
+            for candidate in module.parametrizations["weight"]:
+                if isinstance(candidate, CodebookParametrization):
+                    found[name] = (module, candidate)
+    return found
+
+
+class CodebookQuantizer:
+    """Attaches trainable codebooks to the selected weights of a model and drives them.
+
+    Args:
+        config: the settings; defaults to ``QuantizationConfig()`` (8 bits, per tensor).
+    """
+
+    def __init__(self, config: QuantizationConfig | None = None) -> None:
+        self.config = config if config is not None else QuantizationConfig()
+        self.model: nn.Module | None = None
+        self.modules: dict[str, tuple[nn.Module, CodebookParametrization]] = {}
+
+    @property
+    def quantized_names(self) -> list[str]:
+        """Names of the quantized modules (their ``weight`` is quantized)."""
+        return list(self.modules)
+
+    def prepare(self, model: nn.Module) -> list[str]:
+        """Parametrize the selected weights of ``model`` in place (mode ``off``).
+
+        Returns:
+            the names of the quantized modules.
+        """
+        if self.model is not None:
+            raise RuntimeError("prepare(): this quantizer is already attached to a model")
+        selected = select_modules(model, self.config)
+        if not selected:
+            raise ValueError(
+                "prepare(): no module matches module_types/include/exclude/min_numel "
+                f"({self.config.module_types}, {self.config.include}, {self.config.exclude}, "
+                f"{self.config.min_numel})"
+            )
+        groups = [_group_count(name, module.weight, self.config) for name, module in selected]
+        for (name, module), count in zip(selected, groups, strict=True):
+            codebook = CodebookParametrization(module.weight, self.config.bits, count)
+            parametrize.register_parametrization(module, "weight", codebook)
+            self.modules[name] = (module, codebook)
+        self.model = model
+        return self.quantized_names
+
+    def _attached(self, verb: str) -> dict[str, tuple[nn.Module, CodebookParametrization]]:
+        """The quantized modules, or RuntimeError naming ``verb`` if not prepared."""
+        if not self.modules:
+            raise RuntimeError(f"{verb}(): call prepare(model) first (or after finalize())")
+        return self.modules
+
+    def _require_clustered(self, verb: str) -> None:
+        """RuntimeError naming ``verb`` and the first unclustered module, if any."""
+        for name, (_, codebook) in self._attached(verb).items():
+            if not int(codebook.clustered):
+                raise RuntimeError(f"{verb}(): module {name!r} has no codebook; call cluster()")
+
+    def cluster(self) -> None:
+        """k-means every codebook from the current latent weights, then set mode ``train``.
+
+        With ``recluster=False`` already-clustered codebooks are kept; if all are, nothing
+        changes (not even the mode). Under torch.distributed, rank 0's codebooks are broadcast.
+        """
+        modules = self._attached("cluster")
+        todo = [
+            (position, module, codebook)
+            for position, (module, codebook) in enumerate(modules.values())
+            if self.config.recluster or not int(codebook.clustered)
+        ]
+        if not todo:
+            return
+        for position, module, codebook in todo:
+            latent = module.parametrizations["weight"].original
+            codebook.fit(latent, self.config, seed=self.config.seed + position)
+            codebook.broadcast_from_rank0()
+        self.set_mode("train")
+
+    @property
+    def mode(self) -> str:
+        """The current mode (all codebooks share it)."""
+        return next(iter(self._attached("mode").values()))[1].current_mode()
+
+    def set_mode(self, mode: str) -> None:
+        """Switch every codebook to ``off``, ``train`` or ``frozen`` (see :data:`MODES`)."""
+        if mode not in MODES:
+            raise ValueError(f"mode: {mode!r} is not one of {MODES}")
+        if mode != "off":
+            self._require_clustered("set_mode")
+        for _, codebook in self._attached("set_mode").values():
+            codebook.mode.fill_(MODES.index(mode))
+
+    @torch.no_grad()
+    def commit(self) -> None:
+        """Write ``centroids[indices]`` into every latent weight (the mode is unchanged)."""
+        self._require_clustered("commit")
+        for module, codebook in self.modules.values():
+            module.parametrizations["weight"].original.copy_(codebook.quantized())
+
+    def finalize(self) -> None:
+        """Replace every parametrized weight by its plain quantized value and detach.
+
+        The ``weight`` parameter objects are kept (optimizers stay valid); the model then holds
+        at most 2**bits distinct values per codebook and no quantizer state.
+        """
+        self._require_clustered("finalize")
+        self.set_mode("frozen")
+        for module, _ in self.modules.values():
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        self.modules = {}
+
+    def centroid_distance(self) -> torch.Tensor:
+        """Mean squared distance between latent weights and their assigned centroids.
+
+        Returns:
+            a differentiable 0-dim tensor (weight units squared), averaged over every quantized
+            weight element; gradients reach the latent weights and (unless mode is ``frozen``)
+            the centroids.
+        """
+        self._require_clustered("centroid_distance")
+        total = None
+        count = 0
+        for module, codebook in self.modules.values():
+            latent = module.parametrizations["weight"].original
+            table = codebook.centroids.detach() if self.mode == "frozen" else codebook.centroids
+            assigned = _CodebookGather.apply(table, codebook.flat_indices(), latent.shape)
+            squared = (latent - assigned).square().sum()
+            total = squared if total is None else total + squared
+            count += latent.numel()
+        return total / count
+
+    def size_report(self, path: str | None = None) -> SizeReport:
+        """Sizes of the quantized model (see :class:`speechbrain_quads.packing.SizeReport`).
+
+        Args:
+            path: an exported file; if given, ``packed_bytes`` is its size on disk.
+        """
+        from speechbrain_quads.packing import size_report  # packing builds on this module
+
+        self._require_clustered("size_report")
+        return size_report(self.model, path)
+
+
+def quantize_(model: nn.Module, config: QuantizationConfig | None = None) -> CodebookQuantizer:
+    """Prepare and cluster ``model`` in place (one verb); returns the quantizer (mode train)."""
+    quantizer = CodebookQuantizer(config)
+    quantizer.prepare(model)
+    quantizer.cluster()
+    return quantizer

@@ -1,0 +1,349 @@
+"""Tests of the codebook quantization engine (k-means, parametrization, lifecycle)."""
+
+import pytest
+import torch
+from torch import nn
+
+from speechbrain_quads.kmeans import INITS, init_centroids, kmeans_1d
+from speechbrain_quads.quantization import (
+    CodebookQuantizer,
+    QuantizationConfig,
+    quantize_,
+    quantized_modules,
+    select_modules,
+)
+
+
+class Tiny(nn.Module):
+    """Conv1d -> Linear -> LayerNorm -> Linear; input (batch, 3, 8), output (batch, 4)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(3, 8, kernel_size=3)
+        self.fc1 = nn.Linear(8 * 6, 32)
+        self.norm = nn.LayerNorm(32)
+        self.fc2 = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = torch.nn.functional.gelu(self.conv(x)).flatten(1)
+        return self.fc2(torch.tanh(self.norm(self.fc1(hidden))))
+
+
+def make_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Tiny:
+    torch.manual_seed(seed)
+    return Tiny().to(dtype)
+
+
+def batch(seed: int = 1, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(6, 3, 8, generator=generator, dtype=dtype)
+    return inputs, torch.randn(6, 4, generator=generator, dtype=dtype)
+
+
+def loss_of(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    inputs, targets = data
+    return nn.functional.mse_loss(model(inputs), targets)
+
+
+def latents(quantizer: CodebookQuantizer) -> dict[str, torch.Tensor]:
+    return {n: m.parametrizations["weight"].original for n, (m, _) in quantizer.modules.items()}
+
+
+@pytest.mark.parametrize(
+    ("bits", "granularity"),
+    [(1, "per_tensor"), (2, "per_tensor"), (4, "per_tensor"), (8, "per_tensor"), (3, "per_group")],
+)
+def test_centroid_gradient_is_sum_of_member_gradients(bits, granularity):
+    model = make_model()
+    quantizer = CodebookQuantizer(
+        QuantizationConfig(bits=bits, granularity=granularity, group_size=8)
+    )
+    quantizer.prepare(model)
+    quantizer.cluster()
+    data = batch()
+    loss_train = loss_of(model, data)
+    loss_train.backward()
+
+    quantizer.commit()  # latent weights := centroids[indices]: same forward values with mode off
+    quantizer.set_mode("off")
+    loss_off = loss_of(model, data)
+    assert loss_off.item() == loss_train.item()
+    weights = latents(quantizer)
+    grads = torch.autograd.grad(loss_off, list(weights.values()))
+    for (name, (_, codebook)), grad in zip(quantizer.modules.items(), grads, strict=True):
+        groups = codebook.groups
+        expected = torch.zeros(groups, 2**bits)
+        labels = codebook.indices.reshape(groups, -1).long()
+        expected.scatter_add_(1, labels, grad.reshape(groups, -1))
+        assert codebook.centroids.grad is not None, name
+        torch.testing.assert_close(codebook.centroids.grad, expected, rtol=1e-5, atol=1e-7)
+        assert expected.abs().sum() > 0
+    if granularity == "per_group":
+        assert quantizer.modules["fc1"][1].groups == 4
+
+
+def test_centroid_gradient_matches_finite_difference():
+    model = make_model(dtype=torch.float64)
+    quantizer = quantize_(model, QuantizationConfig(bits=2))
+    data = batch(dtype=torch.float64)
+    loss_of(model, data).backward()
+    codebook = quantizer.modules["fc1"][1]
+    eps = 1e-6
+    for j in range(4):
+        with torch.no_grad():
+            codebook.centroids[0, j] += eps
+            loss_plus = loss_of(model, data).item()
+            codebook.centroids[0, j] -= 2 * eps
+            loss_minus = loss_of(model, data).item()
+            codebook.centroids[0, j] += eps
+        numeric = (loss_plus - loss_minus) / (2 * eps)
+        assert codebook.centroids.grad[0, j].item() == pytest.approx(numeric, rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("init", INITS)
+def test_kmeans_is_deterministic_and_recovers_separated_clusters(init):
+    centers = torch.tensor([-3.0, -1.0, 1.5, 4.0])
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (4000,), generator=generator)
+    values = centers[labels] + 0.05 * torch.randn(4000, generator=generator)
+    first, indices = kmeans_1d(values.unsqueeze(0), 4, init=init, seed=3)
+    again, indices_again = kmeans_1d(values.unsqueeze(0), 4, init=init, seed=3)
+    assert torch.equal(first, again) and torch.equal(indices, indices_again)
+    torch.testing.assert_close(first[0], centers, atol=0.01, rtol=0)
+    assert torch.equal(indices[0], labels)
+
+
+def test_kmeans_plus_plus_depends_on_the_seed():
+    values = torch.randn(1, 5000, generator=torch.Generator().manual_seed(0)).sort(dim=1).values
+    inits = [
+        init_centroids(values, 16, "kmeans++", torch.Generator().manual_seed(seed))
+        for seed in (0, 0, 1)
+    ]
+    assert torch.equal(inits[0], inits[1])
+    assert not torch.equal(inits[0], inits[2])
+
+
+def test_initialisations_place_centroids_as_documented():
+    values = torch.arange(1001, dtype=torch.float32).unsqueeze(0)  # 0 .. 1000
+    generator = torch.Generator().manual_seed(0)
+    linear = init_centroids(values, 3, "linear", generator)
+    torch.testing.assert_close(linear[0], torch.tensor([0.0, 500.0, 1000.0], dtype=torch.float64))
+    density = init_centroids(values, 2, "density", generator)
+    torch.testing.assert_close(density[0], torch.tensor([250.0, 750.0], dtype=torch.float64))
+    clipped = init_centroids(values, 2, "range", generator, clip_percentile=10.0)
+    torch.testing.assert_close(clipped[0], torch.tensor([300.0, 700.0], dtype=torch.float64))
+
+
+def test_range_init_ignores_outliers_at_one_bit():
+    generator = torch.Generator().manual_seed(0)
+    values = torch.cat([torch.randn(10000, generator=generator), torch.tensor([80.0, -60.0])])
+    linear = init_centroids(values.sort().values.unsqueeze(0), 2, "linear", generator)
+    ranged = init_centroids(values.sort().values.unsqueeze(0), 2, "range", generator)
+    assert linear.abs().min() > 50
+    assert ranged.abs().max() < 2
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_every_width_gives_at_most_2_to_the_b_values(bits):
+    model = make_model()
+    quantizer = quantize_(model, QuantizationConfig(bits=bits))
+    quantizer.finalize()
+    for module in (model.conv, model.fc1, model.fc2):
+        distinct = module.weight.unique().numel()
+        assert distinct <= 2**bits
+        if bits <= 4:
+            assert distinct == 2**bits
+
+
+def test_reclustering_moves_the_codebook_and_recluster_false_keeps_it():
+    for recluster in (True, False):
+        model = make_model()
+        quantizer = quantize_(model, QuantizationConfig(bits=3, recluster=recluster))
+        codebook = quantizer.modules["fc1"][1]
+        before = codebook.centroids.detach().clone()
+        quantizer.set_mode("frozen")
+        with torch.no_grad():
+            model.fc1.parametrizations["weight"].original.mul_(3.0)
+        quantizer.cluster()
+        moved = not torch.equal(codebook.centroids, before)
+        assert moved is recluster
+        assert quantizer.mode == ("train" if recluster else "frozen")
+        if recluster:
+            torch.testing.assert_close(codebook.centroids, before * 3.0, rtol=1e-4, atol=1e-6)
+
+
+def test_modes_off_train_frozen():
+    model = make_model()
+    data = batch()
+    reference = model(data[0]).detach()
+    quantizer = CodebookQuantizer(QuantizationConfig(bits=2))
+    assert quantizer.prepare(model) == ["conv", "fc1", "fc2"]
+    assert quantizer.mode == "off"
+    assert torch.equal(model(data[0]), reference)  # prepared, not clustered: unchanged
+    with pytest.raises(RuntimeError, match="cluster"):
+        quantizer.set_mode("train")
+
+    quantizer.cluster()
+    assert quantizer.mode == "train"
+    codebook = quantizer.modules["fc1"][1]
+    assert torch.equal(model.fc1.weight, codebook.centroids[0][codebook.indices.long()])
+    assert model.fc1.weight.unique().numel() == 4
+    quantized = model(data[0]).detach()
+    assert not torch.equal(quantized, reference)
+    loss_of(model, data).backward()
+    assert codebook.centroids.grad is not None
+    assert model.fc1.parametrizations["weight"].original.grad is None
+
+    model.zero_grad()
+    quantizer.set_mode("frozen")
+    assert torch.equal(model(data[0]), quantized)
+    loss_of(model, data).backward()
+    assert codebook.centroids.grad is None
+    assert model.fc1.bias.grad is not None
+
+    quantizer.set_mode("off")
+    assert torch.equal(model(data[0]), reference)
+    with pytest.raises(ValueError, match="mode"):
+        quantizer.set_mode("on")
+
+
+def test_commit_and_finalize():
+    model = make_model()
+    quantizer = quantize_(model, QuantizationConfig(bits=3))
+    data = batch()
+    quantized = model(data[0]).detach()
+    quantizer.commit()
+    assert quantizer.mode == "train"
+    quantizer.set_mode("off")
+    assert torch.equal(model(data[0]), quantized)  # latent weights now hold the quantized values
+
+    parameter = model.fc1.parametrizations["weight"].original
+    quantizer.finalize()
+    assert quantized_modules(model) == {}
+    assert model.fc1.weight is parameter and isinstance(model.fc1.weight, nn.Parameter)
+    assert set(model.state_dict()) == {
+        f"{m}.{p}" for m in ("conv", "fc1", "fc2", "norm") for p in ("weight", "bias")
+    }
+    assert torch.equal(model(data[0]), quantized)
+    with pytest.raises(RuntimeError, match="prepare"):
+        quantizer.cluster()
+
+
+def test_centroid_distance():
+    model = make_model()
+    quantizer = quantize_(model, QuantizationConfig(bits=2))
+    squared, count = 0.0, 0
+    for module, _ in quantizer.modules.values():
+        latent = module.parametrizations["weight"].original
+        squared += (latent - module.weight).square().sum().item()
+        count += latent.numel()
+    distance = quantizer.centroid_distance()
+    assert distance.item() == pytest.approx(squared / count, rel=1e-5)
+    assert distance.item() > 0
+    distance.backward()
+    assert model.fc1.parametrizations["weight"].original.grad.abs().sum() > 0
+    quantizer.commit()
+    assert quantizer.centroid_distance().item() == 0.0
+
+
+class WithEmbedding(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(100, 16)
+        self.encoder = nn.ModuleDict({"proj": nn.Linear(16, 16), "gate": nn.Linear(16, 2)})
+        self.attn = nn.MultiheadAttention(16, 2)  # out_proj subclasses nn.Linear
+        self.norm = nn.LayerNorm(16)
+
+
+def test_selection_by_type_regex_and_size():
+    model = WithEmbedding()
+    names = [n for n, _ in select_modules(model, QuantizationConfig())]
+    assert names == ["encoder.proj", "encoder.gate", "attn.out_proj"]
+    with_embedding = QuantizationConfig(module_types=["Linear", "Embedding"])
+    assert [n for n, _ in select_modules(model, with_embedding)][0] == "embed"
+    only_encoder = QuantizationConfig(include=[r"^encoder\."], exclude=["gate$"])
+    assert [n for n, _ in select_modules(model, only_encoder)] == ["encoder.proj"]
+    assert [n for n, _ in select_modules(model, QuantizationConfig(min_numel=200))] == [
+        "encoder.proj",
+        "attn.out_proj",
+    ]
+    quantizer = CodebookQuantizer(QuantizationConfig(exclude=["attn"]))
+    quantizer.prepare(model)
+    with pytest.raises(ValueError, match="already parametrized"):
+        CodebookQuantizer().prepare(model)
+    with pytest.raises(ValueError, match="no module matches"):
+        CodebookQuantizer(QuantizationConfig(include=["nothing"])).prepare(WithEmbedding())
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("bits", 0),
+        ("bits", 9),
+        ("bits", "4"),
+        ("bits", True),
+        ("init", "uniform"),
+        ("kmeans_iters", -1),
+        ("seed", 1.5),
+        ("granularity", "per_row"),
+        ("group_size", 0),
+        ("module_types", "Linear"),
+        ("module_types", []),
+        ("include", ["("]),
+        ("exclude", [3]),
+        ("min_numel", -1),
+        ("recluster", "yes"),
+        ("clip_percentile", 50),
+    ],
+)
+def test_config_validation_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        QuantizationConfig(**{field: value})
+
+
+def test_group_size_must_divide_output_channels():
+    quantizer = CodebookQuantizer(QuantizationConfig(granularity="per_group", group_size=12))
+    model = make_model()
+    with pytest.raises(ValueError, match="group_size: 12 .* 32 .*'fc1'"):
+        quantizer.prepare(model)
+    assert quantized_modules(model) == {}  # nothing attached when prepare fails
+
+
+def test_checkpoint_round_trip_mid_training(tmp_path):
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    config = QuantizationConfig(bits=3, recluster=False)
+    data = [batch(seed) for seed in range(6)]
+
+    def train(model, optimizer, steps):
+        for inputs, targets in steps:
+            optimizer.zero_grad()
+            nn.functional.mse_loss(model(inputs), targets).backward()
+            optimizer.step()
+
+    model = make_model()
+    quantizer = quantize_(model, config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    train(model, optimizer, data[:3])
+    recoverables = {"model": model, "optimizer": optimizer}
+    Checkpointer(tmp_path, recoverables=recoverables).save_checkpoint()
+    saved_centroids = quantizer.modules["fc1"][1].centroids.detach().clone()
+    quantizer.cluster()  # recluster false: a no-op, as after the restore below
+    train(model, optimizer, data[3:])
+
+    fresh = make_model(seed=123)
+    fresh_quantizer = CodebookQuantizer(config)
+    fresh_quantizer.prepare(fresh)
+    fresh_optimizer = torch.optim.Adam(fresh.parameters(), lr=1e-2)
+    restored = Checkpointer(tmp_path, recoverables={"model": fresh, "optimizer": fresh_optimizer})
+    assert restored.recover_if_possible() is not None
+    assert fresh_quantizer.mode == "train"
+    fresh_quantizer.cluster()
+    train(fresh, fresh_optimizer, data[3:])
+
+    expected, actual = model.state_dict(), fresh.state_dict()
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+    assert torch.equal(model(data[0][0]), fresh(data[0][0]))
+    assert not torch.equal(quantizer.modules["fc1"][1].centroids, saved_centroids)
