@@ -1,0 +1,218 @@
+"""Tests of b-bit packing, the packed safetensors export/import and the size accounting."""
+
+import json
+import math
+import struct
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from transformers import WhisperConfig
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from speechbrain_quads.packing import (
+    export_packed,
+    load_packed,
+    load_packed_into,
+    pack_indices,
+    packed_length,
+    size_report,
+    unpack_indices,
+)
+from speechbrain_quads.quantization import CodebookQuantizer, QuantizationConfig, quantize_
+
+WHISPER = WhisperConfig(
+    d_model=64,
+    encoder_layers=2,
+    encoder_attention_heads=4,
+    encoder_ffn_dim=128,
+    num_mel_bins=80,
+    max_source_positions=1500,
+)
+
+
+def whisper_encoder(seed: int) -> WhisperEncoder:
+    torch.manual_seed(seed)
+    return WhisperEncoder(WHISPER).eval()
+
+
+@pytest.fixture(scope="module")
+def quantized_encoder() -> WhisperEncoder:
+    """A small random Whisper encoder, 3-bit per-group codebooks, trained one step."""
+    encoder = whisper_encoder(seed=0)
+    config = QuantizationConfig(bits=3, granularity="per_group", group_size=32)
+    quantizer = quantize_(encoder, config)
+    optimizer = torch.optim.SGD(encoder.parameters(), lr=0.1)
+    features = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(0))
+    encoder(features).last_hidden_state.square().mean().backward()
+    optimizer.step()
+    quantizer.set_mode("frozen")
+    return encoder
+
+
+@pytest.fixture()
+def packed_file(tmp_path, quantized_encoder):
+    path = tmp_path / "encoder.safetensors"
+    export_packed(quantized_encoder, path)
+    return path
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_pack_unpack_every_width(bits):
+    generator = torch.Generator().manual_seed(bits)
+    for numel in (1, 7, 13, 1001, 4099):
+        indices = torch.randint(0, 2**bits, (numel,), generator=generator, dtype=torch.uint8)
+        packed = pack_indices(indices, bits)
+        assert packed.dtype == torch.uint8
+        assert packed.numel() == math.ceil(numel * bits / 8) == packed_length(numel, bits)
+        assert torch.equal(unpack_indices(packed, bits, numel), indices)
+
+
+def test_pack_layout_is_dense_lsb_first():
+    # 1 = 100, 2 = 010, 7 = 111 (LSB first) -> stream 100 010 111 -> bytes 0b11010001, 0b1
+    assert pack_indices(torch.tensor([1, 2, 7]), 3).tolist() == [0b11010001, 0b1]
+
+
+def test_pack_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="bits"):
+        pack_indices(torch.tensor([0]), 9)
+    with pytest.raises(ValueError, match="bits"):
+        unpack_indices(torch.zeros(1, dtype=torch.uint8), 0, 1)
+    with pytest.raises(ValueError, match=r"\[0, 8\)"):
+        pack_indices(torch.tensor([8]), 3)
+    with pytest.raises(ValueError, match="2 bytes"):
+        unpack_indices(torch.zeros(3, dtype=torch.uint8), 3, 5)
+
+
+def test_export_then_load_gives_identical_whisper_outputs(quantized_encoder, packed_file):
+    features = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = quantized_encoder(features).last_hidden_state
+        fresh = load_packed_into(whisper_encoder(seed=5), packed_file)
+        actual = fresh(features).last_hidden_state
+        unquantized = whisper_encoder(seed=0)(features).last_hidden_state
+    assert (actual - expected).abs().max().item() == 0.0
+    assert (unquantized - expected).abs().max().item() > 1e-3
+    distinct = fresh.layers[0].fc1.weight.unique().numel()
+    assert 8 < distinct <= 4 * 8  # 128 rows / group_size 32 = 4 codebooks of 8 centroids
+    assert not list(packed_file.parent.glob(".*.tmp"))
+
+
+def test_size_report_is_the_exact_bit_arithmetic(quantized_encoder, packed_file):
+    report = export_packed(quantized_encoder, packed_file)
+    with open(packed_file, "rb") as handle:
+        header = struct.unpack("<Q", handle.read(8))[0]
+    assert report.packed_bytes == packed_file.stat().st_size
+    assert report.packed_bytes == report.bit_arithmetic_bytes + 8 + header
+
+    plain_model = whisper_encoder(seed=0)
+    plain = plain_model.state_dict()
+    quantized = {
+        f"{name}.weight"
+        for name, module in plain_model.named_modules()
+        if isinstance(module, (nn.Linear, nn.Conv1d))
+    }
+    expected = 0
+    for key, value in plain.items():
+        if key in quantized:
+            groups = max(1, value.shape[0] // 32)
+            expected += math.ceil(value.numel() * 3 / 8) + groups * 2**3 * 4
+        else:
+            expected += value.numel() * 4
+    total = sum(value.numel() for value in plain.values())
+    assert report.bit_arithmetic_bytes == expected
+    assert report.paper_bytes == total * 3 / 8
+    assert report.fp32_bytes == total * 4
+    assert report.quantized_params == sum(plain[key].numel() for key in quantized)
+    assert report.as_dict()["packed_mb"] == report.packed_bytes / 2**20
+    assert size_report(quantized_encoder) == report  # in memory: the same serialised layout
+
+
+def _rewrite(source, target, drop=(), replace=None, metadata_update=None):
+    """Copy a safetensors file, dropping/replacing tensors and updating the metadata."""
+    with safe_open(source, framework="pt") as handle:
+        metadata = dict(handle.metadata())
+        tensors = {k: handle.get_tensor(k) for k in handle.keys() if k not in drop}
+    tensors.update(replace or {})
+    if metadata_update:
+        metadata = metadata_update(metadata)
+    save_file(tensors, target, metadata=metadata)
+    return target
+
+
+def _edit_entry(key, field, value):
+    def update(metadata):
+        entries = json.loads(metadata["quantized"])
+        entries[key][field] = value
+        return {**metadata, "quantized": json.dumps(entries)}
+
+    return update
+
+
+FC1 = "layers.0.fc1.weight"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"metadata_update": _edit_entry(FC1, "bits", 9)}, "bits 9 out of range"),
+        ({"metadata_update": _edit_entry(FC1, "bits", 4)}, "codebook must be float32"),
+        ({"metadata_update": _edit_entry(FC1, "numel", 10)}, "does not hold numel"),
+        ({"metadata_update": _edit_entry(FC1, "groups", 3)}, "groups 3 does not divide"),
+        ({"drop": [FC1 + "::codebook"]}, "missing 'layers.0.fc1.weight::codebook'"),
+        (
+            {"replace": {FC1 + "::indices": torch.zeros(100, dtype=torch.uint8)}},
+            "indices inconsistent with the metadata",
+        ),
+        ({"metadata_update": lambda m: {**m, "format_version": "7"}}, "format_version"),
+        ({"metadata_update": lambda m: {**m, "quantized": "{"}}, "not JSON"),
+        ({"replace": {"stray::indices": torch.zeros(1, dtype=torch.uint8)}}, "no entry"),
+    ],
+)
+def test_tampered_files_fail_naming_the_file(tmp_path, packed_file, edit, message):
+    bad = _rewrite(packed_file, tmp_path / "bad.safetensors", **edit)
+    with pytest.raises(ValueError, match=message) as error:
+        load_packed(bad)
+    assert "bad.safetensors" in str(error.value)
+
+
+def test_truncated_foreign_and_missing_files(tmp_path, packed_file):
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(packed_file.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="truncated.safetensors: not a readable safetensors"):
+        load_packed(truncated)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 3)
+    with pytest.raises(ValueError, match="garbage.safetensors"):
+        load_packed(garbage)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"weight": torch.zeros(3)}, foreign)
+    with pytest.raises(ValueError, match="foreign.safetensors: not a speechbrain-quads-packed"):
+        load_packed(foreign)
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        load_packed(tmp_path / "missing.safetensors")
+
+
+def test_load_into_wrong_or_prepared_model_fails(packed_file):
+    other = WhisperEncoder(WhisperConfig(**{**WHISPER.to_dict(), "encoder_layers": 1}))
+    with pytest.raises(ValueError, match="encoder.safetensors: does not fit the model"):
+        load_packed_into(other, packed_file)
+    prepared = whisper_encoder(seed=0)
+    CodebookQuantizer(QuantizationConfig(bits=2)).prepare(prepared)
+    with pytest.raises(ValueError, match="needs a plain model"):
+        load_packed_into(prepared, packed_file)
+
+
+def test_export_is_atomic_and_refuses_unclustered_models(tmp_path, quantized_encoder):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"previous")
+    prepared = whisper_encoder(seed=0)
+    CodebookQuantizer(QuantizationConfig(bits=2)).prepare(prepared)
+    with pytest.raises(ValueError, match="call CodebookQuantizer.cluster"):
+        export_packed(prepared, path)
+    assert path.read_bytes() == b"previous"
+    export_packed(quantized_encoder, path)
+    assert set(load_packed(path)) == set(whisper_encoder(seed=0).state_dict())
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
