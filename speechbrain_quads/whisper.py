@@ -162,6 +162,7 @@ class WhisperTeacher(_WhisperEncoderModule):
                  attn_implementation: str = "sdpa"):
         super().__init__(load_whisper_encoder(source, save_path, attn_implementation),
                          pad_to_30s, sampling_rate)
+        self.source = str(source)
         self.output_layers = list(output_layers)
         n_states = len(self.encoder.layers) + 1
         for index in self.output_layers:

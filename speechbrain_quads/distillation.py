@@ -1,0 +1,106 @@
+"""Feature distillation: L1 between (projected) student and teacher hidden states, mixed with CE.
+
+Both encoders are Whisper encoders with the same hop and convolution strides, so their time axes
+match frame for frame; with variable-length inputs padded frames are excluded from the loss.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from speechbrain_quads.features import frame_mask
+from speechbrain_quads.heads import masked_mean
+
+LEVELS = ("frame", "utterance")
+
+
+class FeatureDistillation(nn.Module):
+    """Masked L1 between student and teacher hidden states, through learned projections.
+
+    Arguments
+    ---------
+    student_size : int
+        Student width (384 for tiny).
+    teacher_size : int
+        Teacher width (512 for base, 1280 for large).
+    layer_map : list of [int, int]
+        Pairs (student hidden-state index, teacher hidden-state index) in Hugging Face numbering
+        (0 = embeddings, -1 = last). Default: last to last.
+    teacher_layers : list of int
+        The teacher's ``output_layers`` (what the teacher/cache returns, in that order), used to
+        find each mapped teacher layer.
+    level : str
+        ``"frame"`` (frame-by-frame) or ``"utterance"`` (mean-pooled over valid frames, as the
+        official QUADS code does).
+
+    Example
+    -------
+    >>> loss = FeatureDistillation(384, 512)
+    >>> s, t = torch.randn(5, 2, 10, 384), torch.randn(1, 2, 10, 512)
+    >>> loss(s, t, torch.tensor([1.0, 0.5])).shape
+    torch.Size([])
+    """
+
+    def __init__(self, student_size: int, teacher_size: int,
+                 layer_map: list[list[int]] = ((-1, -1),), teacher_layers: list[int] = (-1,),
+                 level: str = "frame"):
+        super().__init__()
+        if level not in LEVELS:
+            raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+        teacher_layers = list(teacher_layers)
+        self.pairs = []
+        for pair in layer_map:
+            student_layer, teacher_layer = pair
+            if teacher_layer not in teacher_layers:
+                raise ValueError(f"layer_map pairs student layer {student_layer} with teacher "
+                                 f"layer {teacher_layer}, which is not in the teacher's "
+                                 f"output_layers {teacher_layers}")
+            self.pairs.append((int(student_layer), teacher_layers.index(teacher_layer)))
+        self.level = level
+        self.projections = nn.ModuleList(
+            nn.Identity() if student_size == teacher_size else nn.Linear(student_size, teacher_size)
+            for _ in self.pairs)
+
+    def forward(self, student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
+                lens: torch.Tensor) -> torch.Tensor:
+        """Mean L1 over mapped layers, valid frames and channels.
+
+        Arguments
+        ---------
+        student_hidden : torch.Tensor
+            (L+1, B, T, C_s) all student hidden states.
+        teacher_hidden : torch.Tensor
+            (N, B, T, C_t) the teacher's ``output_layers``.
+        lens : torch.Tensor
+            (B,) relative valid lengths.
+
+        Returns
+        -------
+        torch.Tensor
+            0-dim loss.
+        """
+        if student_hidden.shape[2] != teacher_hidden.shape[2]:
+            raise ValueError(
+                f"student has {student_hidden.shape[2]} frames but teacher has "
+                f"{teacher_hidden.shape[2]}: did augmentation change the input length? Use "
+                "level: utterance or a length-preserving augmentation")
+        losses = []
+        for (s, t), projection in zip(self.pairs, self.projections, strict=True):
+            student = projection(student_hidden[s])
+            teacher = teacher_hidden[t]
+            if self.level == "utterance":
+                losses.append((masked_mean(student, lens) - masked_mean(teacher, lens)).abs().mean())
+            else:
+                frames = torch.round(lens * student.shape[1]).long().clamp(min=1)
+                mask = frame_mask(frames, student.shape[1]).unsqueeze(-1).to(student.dtype)
+                l1 = ((student - teacher).abs() * mask).sum()
+                losses.append(l1 / (mask.sum() * student.shape[-1]))
+        return torch.stack(losses).mean()
+
+
+def distillation_objective(alpha: float, l1: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:
+    """The distillation phase's loss: ``alpha * L1 + (1 - alpha) * CE``."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    return alpha * l1 + (1.0 - alpha) * ce
