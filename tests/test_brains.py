@@ -1,0 +1,149 @@
+"""QUADS Brains end to end on synthesized speech: learning, teacher cache, resume, DDP."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from training_setup import make_brain, make_dataset, write_corpus
+
+from speechbrain_quads.teacher_cache import TeacherCache
+from speechbrain_quads.whisper import WhisperTeacher
+
+PLAN = ["distill", "quant", "distill", "quant", "quant"]
+
+
+class Killed(Exception):
+    """Stands for the process being killed."""
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    manifest = write_corpus(tmp_path_factory.mktemp("corpus"), seeds=(0, 1, 2))
+    return manifest, make_dataset(manifest)[0]
+
+
+def fit(brain, hparams, data):
+    brain.fit(hparams["epoch_counter"], data, data,
+              train_loader_kwargs=hparams["dataloader_options"],
+              valid_loader_kwargs={"batch_size": 8})
+
+
+def codebooks(brain):
+    return {name: (codebook.centroids.detach().clone(), codebook.indices.clone())
+            for name, (_, codebook) in brain.quantizer.modules.items()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, corpus, tiny_dir, base_dir):
+    """A full 5-epoch MCT run; records the epochs in which the teacher's forward ran."""
+    output = tmp_path_factory.mktemp("run")
+    brain, hparams = make_brain(output, tiny_dir, base_dir)
+    teacher_epochs = []
+    teacher = brain.modules.teacher
+    original = teacher.forward
+
+    def counting_forward(*args, **kwargs):
+        teacher_epochs.append(hparams["epoch_counter"].current)
+        return original(*args, **kwargs)
+
+    teacher.forward = counting_forward
+    fit(brain, hparams, corpus[1])
+    log = (output / "train_log.txt").read_text().splitlines()
+    return brain, hparams, teacher_epochs, log
+
+
+def test_mct_alternates_phases_and_logs_every_term(uninterrupted):
+    brain, hparams, _, log = uninterrupted
+    assert [e.kind for e in brain.plan] == PLAN
+    assert len(log) == 5
+    for line, kind in zip(log, PLAN, strict=True):
+        assert f"phase: {kind}-" in line and "size_MB" in line and "valid ACC" in line
+        assert ("train l1" in line) == (kind == "distill")
+        assert ("train centroid" in line) == (kind == "quant")
+    sizes = [float(line.split("size_MB: ")[1].split(",")[0]) for line in log]
+    assert sizes[1] < sizes[0] / 3  # 4-bit packed vs float32
+    assert brain.quantizer.mode == "train"
+
+
+def test_training_accuracy_rises_above_chance(uninterrupted):
+    brain, _, _, log = uninterrupted
+    accuracies = [float(line.split("train ACC: ")[1].split(",")[0]) for line in log]
+    chance = 1 / 4
+    assert max(accuracies[2:]) > chance + 0.2, accuracies
+    final_valid = float(log[-1].split("valid ACC: ")[1].split(",")[0])
+    assert final_valid > chance + 0.2, log[-1]
+
+
+def test_teacher_runs_only_in_the_first_epoch(uninterrupted):
+    _, _, teacher_epochs, _ = uninterrupted
+    assert teacher_epochs and set(teacher_epochs) == {1}  # epoch 3 distils from the cache
+
+
+def test_quantized_weights_use_at_most_2_to_the_bits_values(uninterrupted):
+    brain, _, _, _ = uninterrupted
+    for name, (module, _) in brain.quantizer.modules.items():
+        assert module.weight.unique().numel() <= 16, name
+
+
+def test_kill_and_resume_mid_phase_matches_uninterrupted(tmp_path, corpus, uninterrupted,
+                                                         tiny_dir, base_dir):
+    reference, _, _, reference_log = uninterrupted
+    brain, hparams = make_brain(tmp_path, tiny_dir, base_dir)
+    fit_batch = brain.fit_batch
+
+    def killed_in_epoch_5(batch):  # epoch 5 is the second epoch of the last quant phase
+        if hparams["epoch_counter"].current == 5 and brain.step == 2:
+            raise Killed
+        return fit_batch(batch)
+
+    brain.fit_batch = killed_in_epoch_5
+    with pytest.raises(Killed):
+        fit(brain, hparams, corpus[1])
+
+    resumed, hparams = make_brain(tmp_path, tiny_dir, base_dir)
+    fit(resumed, hparams, corpus[1])
+    log = (tmp_path / "train_log.txt").read_text().splitlines()
+    assert len(log) == 5 and log[-1] == reference_log[-1]
+    ours, theirs = codebooks(resumed), codebooks(reference)
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert torch.equal(ours[name][0], theirs[name][0]), name
+        assert torch.equal(ours[name][1], theirs[name][1]), name
+
+
+def test_teacher_cache_is_keyed_by_settings_and_audio(tmp_path, base_dir, clips):
+    cache = TeacherCache(str(tmp_path))
+    teacher = WhisperTeacher(base_dir)
+    folder = cache.bind(teacher)
+    hidden = torch.randn(1, 7, 512)
+    cache.store("utt/1", 1234, hidden)
+    assert torch.equal(cache.load("utt/1", 1234), hidden)
+    assert cache.load("utt/1", 999) is None  # different audio length: stale, recomputed
+    assert cache.load("utt/2", 1234) is None
+    assert not list(folder.rglob("*.tmp"))
+    for change in ({"output_layers": [2, -1]}, {"pad_to_30s": True}):
+        other = WhisperTeacher(base_dir, **change)
+        assert TeacherCache(str(tmp_path)).bind(other) != folder, change
+    assert TeacherCache(str(tmp_path)).bind(WhisperTeacher(base_dir)) == folder
+
+
+def test_two_process_ddp_run_ends_with_identical_weights(tmp_path, corpus, tiny_dir, base_dir):
+    script = Path(__file__).parent / "ddp_train.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         "--master_port=29517", str(script), str(corpus[0]), str(tmp_path), tiny_dir, base_dir],
+        capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0 = load_file(str(tmp_path / "rank0.safetensors"))
+    rank1 = load_file(str(tmp_path / "rank1.safetensors"))
+    assert rank0.keys() == rank1.keys()
+    assert any("centroids" in key for key in rank0)
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    log = (tmp_path / "train_log.txt").read_text().splitlines()
+    assert len(log) == 3 and "phase: quant" in log[-1]
