@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from speechbrain_quads.kmeans import INITS, init_centroids, kmeans_1d
+from speechbrain_quads.kmeans import INITS, assign, init_centroids, kmeans_1d
 from speechbrain_quads.quantization import (
     CodebookQuantizer,
     QuantizationConfig,
@@ -109,6 +109,7 @@ def test_kmeans_is_deterministic_and_recovers_separated_clusters(init):
     first, indices = kmeans_1d(values.unsqueeze(0), 4, init=init, seed=3)
     again, indices_again = kmeans_1d(values.unsqueeze(0), 4, init=init, seed=3)
     assert torch.equal(first, again) and torch.equal(indices, indices_again)
+    assert torch.equal(indices, assign(values.unsqueeze(0), first))  # nearest centroid
     torch.testing.assert_close(first[0], centers, atol=0.01, rtol=0)
     assert torch.equal(indices[0], labels)
 

@@ -1,0 +1,238 @@
+"""Benchmark of the codebook quantization engine on the Whisper tiny.en encoder.
+
+Measures, per bit width: the time to cluster every quantized tensor, the packed file size
+against the exact bit arithmetic and the paper's convention, and the export -> load round trip
+(max abs difference of the encoder outputs on a 30-s input). Also the cost of training with the
+codebook in the loop (step time, mode ``train`` vs ``off``, batch 4 x 3 s) and the speed of the
+candidate centroid-gradient reductions.
+
+    python benchmarks/quantization.py --json quantization.json [--bits 1 2 4 8] [--repeats 5]
+
+Weights: the offline tiny.en conversion (``speechbrain_quads.pretrained.convert``) when it is
+available, otherwise a random encoder with tiny's shapes (recorded in the JSON as ``weights``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import WhisperConfig, WhisperModel
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from speechbrain_quads.packing import export_packed, load_packed_into
+from speechbrain_quads.quantization import CodebookQuantizer, QuantizationConfig
+
+TINY_SHAPES = {
+    "d_model": 384,
+    "encoder_layers": 4,
+    "encoder_attention_heads": 6,
+    "encoder_ffn_dim": 1536,
+    "num_mel_bins": 80,
+}
+SHORT_POSITIONS = 150  # 3 s of audio: 300 mel frames -> 150 encoder frames
+
+
+def load_encoder() -> tuple[WhisperEncoder, str]:
+    """The tiny.en encoder (or a random tiny-shaped one) and the ``weights`` label."""
+    try:
+        from speechbrain_quads.pretrained import convert
+
+        encoder = WhisperModel.from_pretrained(convert("tiny.en")).get_encoder()
+        return encoder.float(), "tiny.en"
+    except Exception as error:  # any failure of the optional offline weights: fall back
+        print(f"tiny.en weights unavailable ({error!r}); using a random tiny-shaped encoder")
+        torch.manual_seed(0)
+        return WhisperEncoder(WhisperConfig(**TINY_SHAPES)), "random-tiny-shaped"
+
+
+def short_encoder(encoder: WhisperEncoder, positions: int = SHORT_POSITIONS) -> WhisperEncoder:
+    """A copy of ``encoder`` that accepts ``2 * positions`` mel frames (position table sliced)."""
+    config = copy.deepcopy(encoder.config)
+    config.max_source_positions = positions
+    short = WhisperEncoder(config)
+    state = encoder.state_dict()
+    state["embed_positions.weight"] = state["embed_positions.weight"][:positions]
+    short.load_state_dict(state)
+    return short
+
+
+def median_seconds(function: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``function`` (one warm-up call first)."""
+    function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bit_width_figures(encoder: WhisperEncoder, bits: int, workdir: Path) -> dict:
+    """Cluster, export and reload ``encoder`` at ``bits``; sizes in bytes, times in seconds."""
+    model = copy.deepcopy(encoder)
+    quantizer = CodebookQuantizer(QuantizationConfig(bits=bits))
+    quantizer.prepare(model)
+    start = time.perf_counter()
+    quantizer.cluster()
+    cluster_seconds = time.perf_counter() - start
+    report = export_packed(model, workdir / f"tiny-{bits}bit.safetensors")
+    loaded = load_packed_into(copy.deepcopy(encoder), workdir / f"tiny-{bits}bit.safetensors")
+    features = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(bits))
+    with torch.no_grad():
+        quantized_out = model.eval()(features).last_hidden_state
+        loaded_out = loaded.eval()(features).last_hidden_state
+    return {
+        "cluster_seconds": cluster_seconds,
+        "report": report,
+        "roundtrip_max_abs_diff": (quantized_out - loaded_out).abs().max().item(),
+        "quantized_tensors": len(quantizer.quantized_names),
+    }
+
+
+def step_times(encoder: WhisperEncoder, bits: int, repeats: int) -> dict[str, float]:
+    """Median training-step seconds (forward+backward+Adam) on a (4, 80, 300) batch.
+
+    Keys: ``plain`` (no quantizer), ``off`` and ``train`` (quantizer attached, in that mode).
+    Modes alternate within each repeat so machine-load drift affects them alike.
+    """
+    plain = short_encoder(encoder).train()
+    model = short_encoder(encoder).train()
+    quantizer = CodebookQuantizer(QuantizationConfig(bits=bits))
+    quantizer.prepare(model)
+    quantizer.cluster()
+    features = torch.randn(4, 80, 2 * SHORT_POSITIONS, generator=torch.Generator().manual_seed(0))
+    optimizers = {
+        "plain": torch.optim.Adam(plain.parameters(), lr=1e-5),
+        "quantized": torch.optim.Adam(model.parameters(), lr=1e-5),
+    }
+
+    def step(net: WhisperEncoder, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        net(features).last_hidden_state.square().mean().backward()
+        optimizer.step()
+
+    def run(mode: str) -> float:
+        if mode == "plain":
+            return median_seconds(lambda: step(plain, optimizers["plain"]), 1)
+        quantizer.set_mode(mode)
+        return median_seconds(lambda: step(model, optimizers["quantized"]), 1)
+
+    samples: dict[str, list[float]] = {"plain": [], "off": [], "train": []}
+    for _ in range(repeats):
+        for mode in samples:
+            samples[mode].append(run(mode))
+    return {mode: statistics.median(values) for mode, values in samples.items()}
+
+
+def reduction_times(encoder: WhisperEncoder, bits: int, repeats: int) -> dict[str, float]:
+    """Seconds to reduce one gradient per quantized tensor to its 2**bits centroids.
+
+    Candidates for the backward of the centroid gather, summed over every quantized tensor:
+    ``scatter_add`` (the engine's), ``index_add``, ``bincount`` and autograd's backward of
+    advanced indexing ``centroids[indices]``.
+    """
+    k = 2**bits
+    generator = torch.Generator().manual_seed(0)
+    shapes = [m.weight.numel() for m in encoder.modules() if type(m).__name__ in TYPES]
+    cases = [
+        (torch.randint(0, k, (n,), generator=generator), torch.randn(n, generator=generator))
+        for n in shapes
+    ]
+    table = torch.zeros(k, requires_grad=True)
+    candidates = {
+        "scatter_add": lambda i, g: g.new_zeros(k).scatter_add_(0, i, g),
+        "index_add": lambda i, g: g.new_zeros(k).index_add_(0, i, g),
+        "bincount": lambda i, g: torch.bincount(i, weights=g, minlength=k),
+        "autograd_indexing": lambda i, g: torch.autograd.grad(table[i], table, g),
+    }
+    return {
+        name: median_seconds(lambda f=reduce: [f(i, g) for i, g in cases], repeats)
+        for name, reduce in candidates.items()
+    }
+
+
+TYPES = ("Linear", "Conv1d")
+
+
+def print_table(result: dict) -> None:
+    """Readable summary of ``result`` on stdout (sizes in MiB)."""
+    print(f"\nWhisper encoder weights: {result['weights']}, {result['threads']} threads")
+    print(
+        f"{'bits':>4} {'cluster s':>9} {'packed MB':>10} {'bit-arith MB':>12} "
+        f"{'paper MB':>9} {'overhead B':>10} {'roundtrip':>9}"
+    )
+    for bits in result["bits"]:
+        key = str(bits)
+        print(
+            f"{bits:>4} {result['cluster_seconds'][key]:>9.2f} "
+            f"{result['packed_bytes'][key] / 2**20:>10.3f} "
+            f"{result['bit_arithmetic_bytes'][key] / 2**20:>12.3f} "
+            f"{result['paper_bytes'][key] / 2**20:>9.3f} "
+            f"{result['packed_bytes'][key] - result['bit_arithmetic_bytes'][key]:>10d} "
+            f"{result['roundtrip_max_abs_diff'][key]:>9.1e}"
+        )
+    print(f"fp32: {result['fp32_bytes'] / 2**20:.3f} MB")
+    steps = result["step_seconds"]
+    print(
+        f"training step (4 x 3 s, {result['step_bits']} bits): plain {steps['plain']:.3f} s, "
+        f"off {steps['off']:.3f} s, train {steps['train']:.3f} s -> "
+        f"step_time_ratio {result['step_time_ratio']:.3f}"
+    )
+    reductions = ", ".join(
+        f"{k} {v * 1e3:.1f} ms" for k, v in result["centroid_grad_seconds"].items()
+    )
+    print(f"centroid-gradient reduction over all tensors: {reductions}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; write the JSON if ``--json`` is given; return the result dict."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    parser.add_argument("--bits", type=int, nargs="+", default=list(range(1, 9)))
+    parser.add_argument("--step-bits", type=int, default=4, help="bit width of the step timing")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    encoder, weights = load_encoder()
+    per_bits = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for bits in args.bits:
+            per_bits[str(bits)] = bit_width_figures(encoder, bits, Path(workdir))
+    steps = step_times(encoder, args.step_bits, args.repeats)
+    reports = {bits: figures["report"] for bits, figures in per_bits.items()}
+    result = {
+        "weights": weights,
+        "threads": args.threads,
+        "bits": args.bits,
+        "quantized_tensors": next(iter(per_bits.values()))["quantized_tensors"],
+        "quantized_params": next(iter(reports.values())).quantized_params,
+        "total_params": next(iter(reports.values())).total_params,
+        "cluster_seconds": {b: f["cluster_seconds"] for b, f in per_bits.items()},
+        "packed_bytes": {b: r.packed_bytes for b, r in reports.items()},
+        "bit_arithmetic_bytes": {b: r.bit_arithmetic_bytes for b, r in reports.items()},
+        "paper_bytes": {b: r.paper_bytes for b, r in reports.items()},
+        "fp32_bytes": next(iter(reports.values())).fp32_bytes,
+        "roundtrip_max_abs_diff": {b: f["roundtrip_max_abs_diff"] for b, f in per_bits.items()},
+        "step_bits": args.step_bits,
+        "step_seconds": steps,
+        "step_time_ratio": steps["train"] / steps["off"],
+        "centroid_grad_seconds": reduction_times(encoder, args.step_bits, args.repeats),
+    }
+    print_table(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
