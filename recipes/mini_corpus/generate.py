@@ -5,6 +5,7 @@ The output follows the real datasets' layouts, so the real prepare scripts read 
 SLURP (``generate_slurp``)::
 
     OUT_DIR/train.jsonl  train_synthetic.jsonl  devel.jsonl  test.jsonl
+    OUT_DIR/train_real.jsonl                copy of train.jsonl (SpeechBrain's recipe name)
     OUT_DIR/slurp_real/audio-<n>.flac       16 kHz mono FLAC, PCM 16 bit
     OUT_DIR/slurp_synth/audio-<n>.flac      audio of train_synthetic.jsonl
 
@@ -58,6 +59,9 @@ SPLITS = ("train", "valid", "test")
 SLURP_FILES = {"train": "train.jsonl", "valid": "devel.jsonl", "test": "test.jsonl",
                "train_synthetic": "train_synthetic.jsonl"}
 """SLURP's file name for each part (its validation split is ``devel``)."""
+
+SLURP_TRAIN_REAL = "train_real.jsonl"
+"""A copy of ``train.jsonl`` under the name SpeechBrain's SLURP recipe (``prepare.py``) reads."""
 
 FSC_HEADER = ["", "path", "speakerId", "transcription", "action", "object", "location"]
 
@@ -427,6 +431,7 @@ def plan_slurp(
         tables[file_name], jobs[part] = _slurp_split(
             sizes[part], iter(drawn), cycle, rng, second_recording_share, counters, audio_dir,
             seed)
+    tables[SLURP_TRAIN_REAL] = tables[SLURP_FILES["train"]]
     return CorpusPlan("slurp", speakers, jobs, tables)
 
 
@@ -476,7 +481,7 @@ def _fsc_split(
         command = order.pop()
         phrase = rng.choice(command.phrases)
         voice = cycle.take(1)[0]
-        path = f"wavs/speakers/{voice.name}/{uuid.UUID(int=rng.getrandbits(128))}.wav"
+        path = f"wavs/speakers/{voice.name}/{uuid.UUID(int=rng.getrandbits(128), version=4)}.wav"
         transcription = phrase[0].upper() + phrase[1:]
         rows.append([index, path, voice.name, transcription, command.action, command.object,
                      command.location])
