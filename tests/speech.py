@@ -5,8 +5,9 @@
 
 Speech comes from the fastest real voice of ``recipes/mini_corpus/voices.py`` (eSpeak NG through
 ``espeakng-loader``, about 400 times real time), with a small speed and pitch variation drawn
-from ``seed`` and the text, and no noise. Each clip is cached as a float wav under ``$QUADS_TEST_CACHE`` (default ``~/.cache/speechbrain_quads/test_speech``), keyed by
-text, voice, seed and sample rate, so repeated test runs read files instead of synthesizing.
+from ``seed`` and the text, and no noise. Each clip is cached as a float wav under
+``$QUADS_TEST_CACHE`` (default ``~/.cache/speechbrain_quads/test_speech``), keyed by text, voice,
+seed and sample rate, so repeated test runs read files instead of synthesizing.
 Needs the ``demo`` extra (``espeakng-loader``).
 """
 
