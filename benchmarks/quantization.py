@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -97,11 +98,13 @@ def bit_width_figures(encoder: WhisperEncoder, bits: int, workdir: Path) -> dict
     }
 
 
-def step_times(encoder: WhisperEncoder, bits: int, repeats: int) -> dict[str, float]:
-    """Median training-step seconds (forward+backward+Adam) on a (4, 80, 300) batch.
+def step_times(encoder: WhisperEncoder, bits: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Training-step seconds (forward+backward+Adam) on a (4, 80, 300) batch.
 
-    Keys: ``plain`` (no quantizer), ``off`` and ``train`` (quantizer attached, in that mode).
-    Modes alternate within each repeat so machine-load drift affects them alike.
+    Configurations: ``plain`` (no quantizer), ``off`` and ``train`` (quantizer attached, in that
+    mode). After two warm-up steps each, single steps of the three alternate ``repeats`` times,
+    so that load from other processes affects them alike. Returns ``{"median": {...},
+    "min": {...}}`` per configuration.
     """
     plain = short_encoder(encoder).train()
     model = short_encoder(encoder).train()
@@ -114,22 +117,29 @@ def step_times(encoder: WhisperEncoder, bits: int, repeats: int) -> dict[str, fl
         "quantized": torch.optim.Adam(model.parameters(), lr=1e-5),
     }
 
-    def step(net: WhisperEncoder, optimizer: torch.optim.Optimizer) -> None:
+    def step(mode: str) -> float:
+        if mode == "plain":
+            net, optimizer = plain, optimizers["plain"]
+        else:
+            quantizer.set_mode(mode)
+            net, optimizer = model, optimizers["quantized"]
+        start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         net(features).last_hidden_state.square().mean().backward()
         optimizer.step()
-
-    def run(mode: str) -> float:
-        if mode == "plain":
-            return median_seconds(lambda: step(plain, optimizers["plain"]), 1)
-        quantizer.set_mode(mode)
-        return median_seconds(lambda: step(model, optimizers["quantized"]), 1)
+        return time.perf_counter() - start
 
     samples: dict[str, list[float]] = {"plain": [], "off": [], "train": []}
+    for mode in samples:
+        step(mode)
+        step(mode)
     for _ in range(repeats):
-        for mode in samples:
-            samples[mode].append(run(mode))
-    return {mode: statistics.median(values) for mode, values in samples.items()}
+        for mode, values in samples.items():
+            values.append(step(mode))
+    return {
+        "median": {mode: statistics.median(values) for mode, values in samples.items()},
+        "min": {mode: min(values) for mode, values in samples.items()},
+    }
 
 
 def reduction_times(encoder: WhisperEncoder, bits: int, repeats: int) -> dict[str, float]:
@@ -180,12 +190,14 @@ def print_table(result: dict) -> None:
             f"{result['roundtrip_max_abs_diff'][key]:>9.1e}"
         )
     print(f"fp32: {result['fp32_bytes'] / 2**20:.3f} MB")
-    steps = result["step_seconds"]
-    print(
-        f"training step (4 x 3 s, {result['step_bits']} bits): plain {steps['plain']:.3f} s, "
-        f"off {steps['off']:.3f} s, train {steps['train']:.3f} s -> "
-        f"step_time_ratio {result['step_time_ratio']:.3f}"
-    )
+    for statistic in ("median", "min"):
+        steps = result["step_seconds"][statistic]
+        print(
+            f"training step {statistic} (4 x 3 s, {result['step_bits']} bits): "
+            f"plain {steps['plain']:.3f} s, off {steps['off']:.3f} s, "
+            f"train {steps['train']:.3f} s -> train/off {steps['train'] / steps['off']:.3f}"
+        )
+    print(f"load average before/after: {result['load_average']}")
     reductions = ", ".join(
         f"{k} {v * 1e3:.1f} ms" for k, v in result["centroid_grad_seconds"].items()
     )
@@ -198,11 +210,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
     parser.add_argument("--bits", type=int, nargs="+", default=list(range(1, 9)))
     parser.add_argument("--step-bits", type=int, default=4, help="bit width of the step timing")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed repeats (median)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    load_before = os.getloadavg()[0]
     encoder, weights = load_encoder()
     per_bits = {}
     with tempfile.TemporaryDirectory() as workdir:
@@ -225,8 +238,10 @@ def main(argv: list[str] | None = None) -> dict:
         "roundtrip_max_abs_diff": {b: f["roundtrip_max_abs_diff"] for b, f in per_bits.items()},
         "step_bits": args.step_bits,
         "step_seconds": steps,
-        "step_time_ratio": steps["train"] / steps["off"],
+        "step_time_ratio": steps["median"]["train"] / steps["median"]["off"],
+        "step_time_ratio_min": steps["min"]["train"] / steps["min"]["off"],
         "centroid_grad_seconds": reduction_times(encoder, args.step_bits, args.repeats),
+        "load_average": [load_before, os.getloadavg()[0]],
     }
     print_table(result)
     if args.json:
