@@ -172,6 +172,19 @@ def reduction_times(encoder: WhisperEncoder, bits: int, repeats: int) -> dict[st
 TYPES = ("Linear", "Conv1d")
 
 
+def targets_met(result: dict) -> dict[str, bool]:
+    """The engine's targets, checked on ``result``: sizes, exactness, speed."""
+    packed, arithmetic = result["packed_bytes"], result["bit_arithmetic_bytes"]
+    return {
+        "packed_within_1pct_plus_4KiB": all(
+            abs(packed[b] - arithmetic[b]) <= 0.01 * arithmetic[b] + 4096 for b in packed
+        ),
+        "roundtrip_exact": all(v == 0.0 for v in result["roundtrip_max_abs_diff"].values()),
+        "step_time_ratio_le_1.3": result["step_time_ratio"] <= 1.3,
+        "cluster_under_5s": all(v < 5.0 for v in result["cluster_seconds"].values()),
+    }
+
+
 def print_table(result: dict) -> None:
     """Readable summary of ``result`` on stdout (sizes in MiB)."""
     print(f"\nWhisper encoder weights: {result['weights']}, {result['threads']} threads")
@@ -198,6 +211,7 @@ def print_table(result: dict) -> None:
             f"train {steps['train']:.3f} s -> train/off {steps['train'] / steps['off']:.3f}"
         )
     print(f"load average before/after: {result['load_average']}")
+    print(f"targets met: {result['targets_met']}")
     reductions = ", ".join(
         f"{k} {v * 1e3:.1f} ms" for k, v in result["centroid_grad_seconds"].items()
     )
@@ -243,6 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
         "centroid_grad_seconds": reduction_times(encoder, args.step_bits, args.repeats),
         "load_average": [load_before, os.getloadavg()[0]],
     }
+    result["targets_met"] = targets_met(result)
     print_table(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
