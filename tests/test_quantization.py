@@ -348,3 +348,22 @@ def test_checkpoint_round_trip_mid_training(tmp_path):
         assert torch.equal(expected[key], actual[key]), key
     assert torch.equal(model(data[0][0]), fresh(data[0][0]))
     assert not torch.equal(quantizer.modules["fc1"][1].centroids, saved_centroids)
+
+
+def test_config_from_hyperpyyaml():
+    from hyperpyyaml import load_hyperpyyaml
+
+    text = """
+quantization: !new:speechbrain_quads.quantization.QuantizationConfig
+    bits: 2
+    init: range
+    module_types: [Linear]
+    exclude: ['^fc2$']
+    recluster: false
+"""
+    config = load_hyperpyyaml(text)["quantization"]
+    assert (config.bits, config.init, config.recluster) == (2, "range", False)
+    assert config.module_types == ("Linear",) and config.exclude == ("^fc2$",)
+    assert CodebookQuantizer(config).prepare(make_model()) == ["fc1"]
+    with pytest.raises(ValueError, match="bits"):
+        load_hyperpyyaml(text.replace("bits: 2", "bits: 12"))
