@@ -172,7 +172,7 @@ SLURP_INTENTS: tuple[SlurpIntent, ...] = (
         "tell me a joke", "make me laugh", "do you know any funny stories",
         "say something funny")),
 )
-"""The SLURP-format intents (33), grouped by scenario."""
+"""The SLURP-format intents (33 in 15 scenarios), grouped by scenario."""
 
 _SLURP_PREFIXES = ("", "", "", "hey ", "okay ", "right ", "so ")
 """Optional openings (empty three times in seven) that fit any template."""
