@@ -183,8 +183,11 @@ class DistillationBrain(sb.Brain):
         self.phase = phase
 
     def model_megabytes(self) -> float:
-        """Deployable size in MB (1e6 bytes) as the current phase would export it."""
-        return sum(p.numel() * p.element_size() for p in self.deployable.state_dict().values()) / 1e6
+        """Deployable size in MiB (the paper's "MB") at float32: every parameter, codebooks
+        excluded (a quantizer that is off holds only the latent weights that matter)."""
+        skip = self._codebook_ids()
+        params = sum(p.numel() for p in self.deployable.parameters() if id(p) not in skip)
+        return params * 4 / 2**20
 
     def stage_stats(self, stage_loss) -> dict[str, float]:
         """Mean loss terms, accuracy and macro-F1 of the finished stage."""
@@ -314,10 +317,10 @@ class QuantizationBrain(DistillationBrain):
         return super().phase_terms(predictions, targets, stage)
 
     def model_megabytes(self) -> float:
-        """Packed size in quantization phases, full precision otherwise (MB = 1e6 bytes)."""
+        """Packed size in quantization phases, full precision otherwise (MiB)."""
         if self.quantizer.mode == "off":
             return super().model_megabytes()
-        return self.quantizer.size_report().packed_bytes / 1e6
+        return self.quantizer.size_report().packed_mb
 
 
 class MCTBrain(QuantizationBrain):

