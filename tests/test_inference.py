@@ -1,0 +1,167 @@
+"""Inference from an export folder: Python interface and CLI against the in-memory model."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import soundfile
+import torch
+import torchaudio
+from conftest import SENTENCES, pad_batch
+from speech import synthesize_clips
+from torch import nn
+
+from speechbrain_quads.experiment import export_model
+from speechbrain_quads.heads import IntentClassifier
+from speechbrain_quads.inference import AudioFileError, QuadsIntentClassifier
+from speechbrain_quads.quantization import QuantizationConfig, quantize_
+from speechbrain_quads.whisper import WhisperStudent
+
+LABELS = ["lights_on", "weather_query", "stop", "alarm_set"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _model(tiny_dir: str, clips: list[torch.Tensor]) -> nn.ModuleDict:
+    """One-layer tiny.en student + a head whose class i is prototype clip i (centred pooled
+    features), so that predictions differ from clip to clip without training."""
+    student = WhisperStudent(tiny_dir, keep_layers=[0]).eval()
+    head = IntentClassifier(384, len(LABELS))
+    with torch.no_grad():
+        pooled = torch.cat([student(clip[None])[0][-1].mean(dim=1) for clip in clips])  # (K, C)
+        centred = pooled - pooled.mean(dim=0)
+        head.linear.weight.copy_(10.0 * centred / centred.norm(dim=1, keepdim=True))
+        head.linear.bias.zero_()
+    return nn.ModuleDict({"student": student, "classifier": head})
+
+
+def _logits(model: nn.ModuleDict, wavs: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """The training-time forward: (B, T) waveforms, (B,) relative lengths -> (B, K) logits."""
+    with torch.no_grad():
+        hidden, frame_lens = model["student"](wavs, lens)
+        return model["classifier"](hidden[-1], frame_lens)
+
+
+@pytest.fixture(scope="module")
+def quantized(tiny_dir, clips, tmp_path_factory) -> tuple[nn.ModuleDict, Path]:
+    """The in-memory 4-bit model (eval mode) and its export folder."""
+    model = _model(tiny_dir, clips)
+    quantizer = quantize_(model, QuantizationConfig(bits=4, min_numel=1024))
+    model.eval()
+    folder = tmp_path_factory.mktemp("export") / "model"
+    export_model(SimpleNamespace(deployable=model, quantizer=quantizer), {"bits": 4}, LABELS, folder)
+    return model, folder
+
+
+@pytest.fixture(scope="module")
+def loaded(quantized) -> QuadsIntentClassifier:
+    return QuadsIntentClassifier.from_hparams(source=str(quantized[1]), run_opts={"device": "cpu"})
+
+
+@pytest.fixture(scope="module")
+def wav_files(tmp_path_factory) -> list[str]:
+    """The four test sentences as 16 kHz wav files."""
+    folder = tmp_path_factory.mktemp("audio")
+    synthesize_clips(SENTENCES, out_dir=folder)
+    return [str(folder / f"clip_{i:03d}.wav") for i in range(len(SENTENCES))]
+
+
+def test_loaded_export_gives_identical_logits(quantized, loaded, clips):
+    model, folder = quantized
+    assert json.loads((folder / "config.json").read_text())["bits"] == 4
+    wavs, lens = pad_batch(clips)
+    expected = _logits(model, wavs, lens)
+    assert (loaded.compute_logits(wavs, lens) - expected).abs().max().item() == 0.0
+    scores, indices, labels = loaded.classify_batch(wavs, lens)
+    assert indices.tolist() == expected.argmax(dim=-1).tolist()
+    assert labels == [LABELS[i] for i in indices.tolist()]
+    assert torch.equal(scores, expected.softmax(dim=-1).max(dim=-1).values)
+    assert len(set(labels)) > 1, "the test head should not predict one class for every clip"
+
+
+def test_files_match_in_memory_model(quantized, loaded, wav_files, clips):
+    model, _ = quantized
+    expected = [LABELS[int(_logits(model, clip[None], None).argmax())] for clip in clips]
+    assert [loaded.classify_file(path)[0] for path in wav_files] == expected
+    results = loaded.classify_files(wav_files, batch_size=3)
+    assert [label for label, _ in results] == expected
+    assert all(0.0 < score <= 1.0 for _, score in results)
+
+
+def test_other_sample_rate_is_resampled(loaded, clips, tmp_path):
+    path = tmp_path / "clip_44k.wav"
+    soundfile.write(path, torchaudio.functional.resample(clips[0], 16000, 44100).numpy(), 44100)
+    wave = loaded.load_audio(path)
+    assert abs(wave.shape[0] - clips[0].shape[0]) <= 1
+    assert loaded.classify_file(path)[0] in LABELS
+
+
+def test_bad_audio_files_are_reported_by_name(loaded, wav_files, tmp_path):
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(os.urandom(2000))
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    silent = tmp_path / "no_samples.wav"
+    soundfile.write(silent, torch.zeros(0).numpy(), 16000)
+    for path in (corrupt, empty, silent, tmp_path / "missing.wav"):
+        with pytest.raises(AudioFileError, match=path.name):
+            loaded.classify_file(path)
+    results = loaded.classify_files([wav_files[0], str(corrupt), wav_files[1], str(empty)])
+    assert [isinstance(r, AudioFileError) for r in results] == [False, True, False, True]
+
+
+def test_cli_classifies_good_files_and_reports_bad_ones(quantized, loaded, wav_files, tmp_path):
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(os.urandom(4000))
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    files = [wav_files[0], str(corrupt), *wav_files[1:3], str(empty), wav_files[3]]
+    done = subprocess.run(
+        [sys.executable, "-m", "speechbrain_quads.classify", str(quantized[1]), *files,
+         "--batch-size", "2", "--device", "cpu"],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=120)
+    assert done.returncode == 1, done.stderr
+    lines = [line.split("\t") for line in done.stdout.splitlines()]
+    assert [line[0] for line in lines] == wav_files
+    expected = loaded.classify_files(wav_files)
+    assert [line[1] for line in lines] == [label for label, _ in expected]
+    assert [line[2] for line in lines] == [f"{score:.4f}" for _, score in expected]
+    errors = [line.split("\t") for line in done.stderr.splitlines() if "\tERROR\t" in line]
+    assert [error[0] for error in errors] == [str(corrupt), str(empty)]
+
+
+def test_cli_bad_model_folder_exits_2(tmp_path, wav_files):
+    done = subprocess.run(
+        [sys.executable, "-m", "speechbrain_quads.classify", str(tmp_path), wav_files[0]],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=120)
+    assert done.returncode == 2
+    assert "config.json" in done.stderr and done.stdout == ""
+
+
+def test_bad_model_folders_error_clearly(quantized, tmp_path):
+    _, good = quantized
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        QuadsIntentClassifier.from_hparams(tmp_path)
+    (tmp_path / "config.json").write_text((good / "config.json").read_text())
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        QuadsIntentClassifier.from_hparams(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(os.urandom(256))
+    with pytest.raises(ValueError, match="model.safetensors"):
+        QuadsIntentClassifier.from_hparams(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ValueError, match=r"config.json.*format"):
+        QuadsIntentClassifier.from_hparams(tmp_path)
+
+
+def test_float32_export_loads(tiny_dir, clips, tmp_path):
+    model = _model(tiny_dir, clips).eval()
+    export_model(SimpleNamespace(deployable=model), {"bits": 32}, LABELS, tmp_path / "model")
+    loaded = QuadsIntentClassifier.from_pretrained(tmp_path / "model", run_opts={"device": "cpu"})
+    assert loaded.hparams.bits == 32
+    wavs, lens = pad_batch(clips)
+    assert torch.equal(loaded.compute_logits(wavs, lens), _logits(model, wavs, lens))
