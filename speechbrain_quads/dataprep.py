@@ -30,6 +30,8 @@ def audio_duration(path: Path) -> float:
     """Duration in seconds of a readable, non-empty audio file; raises naming the file."""
     if not path.is_file():
         raise DataPreparationError(f"missing audio file: {path}")
+    if path.stat().st_size == 0:
+        raise DataPreparationError(f"empty audio file (0 bytes): {path}")
     try:
         info = soundfile.info(str(path))
     except (RuntimeError, soundfile.LibsndfileError) as error:
@@ -48,13 +50,14 @@ def read_split_file(path: Path, split: str) -> str:
 
 def _check_audio(splits: dict[str, dict[str, dict]]) -> None:
     """Add ``duration`` to every entry; raise listing every bad audio file."""
-    problems = []
+    problems: dict[str, None] = {}  # ordered set: a file listed in two splits is named once
     for entries in splits.values():
         for entry in entries.values():
             try:
                 entry["duration"] = audio_duration(Path(entry["wav"]))
             except DataPreparationError as error:
-                problems.append(str(error))
+                problems[str(error)] = None
+    problems = list(problems)
     if problems:
         listed = "\n  ".join(problems[:MAX_LISTED])
         more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
