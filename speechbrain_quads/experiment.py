@@ -21,6 +21,7 @@ from pathlib import Path
 
 import ruamel.yaml
 import speechbrain as sb
+import torch
 from hyperpyyaml import load_hyperpyyaml
 from safetensors.torch import save_file
 from speechbrain.dataio.dataset import DynamicItemDataset
@@ -32,6 +33,21 @@ from speechbrain_quads.packing import export_packed
 from speechbrain_quads.profiling import gmacs
 
 MODEL_FORMAT = "speechbrain-quads-model"
+FLOAT_FORMAT = "float32"  # header ``format`` of an unquantized export's model.safetensors
+PARAMETRIZED = ".parametrizations.weight."
+
+
+def plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s weights under plain names: a quantizer's latent weight becomes ``weight`` and its
+    codebook tensors are dropped (for exporting a model whose quantizer is off)."""
+    state = {}
+    for key, value in model.state_dict().items():
+        if PARAMETRIZED + "original" in key:
+            key = key.replace(PARAMETRIZED + "original", ".weight")
+        elif PARAMETRIZED in key:
+            continue
+        state[key] = value.detach().contiguous().cpu()
+    return state
 
 
 def _top_level_keys(path: Path) -> set[str]:
@@ -152,8 +168,8 @@ def export_model(brain, hparams: dict, labels: list[str], folder: Path) -> dict:
         if quantized:
             sizes.update(export_packed(brain.deployable, tmp / "model.safetensors").as_dict())
         else:
-            state = {k: v.detach().contiguous().cpu() for k, v in brain.deployable.state_dict().items()}
-            save_file(state, str(tmp / "model.safetensors"), metadata={"format": "float32"})
+            state = plain_state_dict(brain.deployable)
+            save_file(state, str(tmp / "model.safetensors"), metadata={"format": FLOAT_FORMAT})
             params = sum(v.numel() for v in state.values())
             size = (tmp / "model.safetensors").stat().st_size
             sizes.update({"packed_bytes": size, "fp32_bytes": params * 4, "total_params": params,

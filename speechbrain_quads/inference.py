@@ -31,7 +31,7 @@ from speechbrain.utils.data_utils import batch_pad_right
 from speechbrain.utils.run_opts import RunOptions
 from torch import nn
 
-from speechbrain_quads.experiment import MODEL_FORMAT
+from speechbrain_quads.experiment import FLOAT_FORMAT, MODEL_FORMAT
 from speechbrain_quads.features import MIN_SAMPLES, WHISPER_SAMPLE_RATE
 from speechbrain_quads.heads import IntentClassifier
 from speechbrain_quads.packing import FORMAT_NAME, load_packed_into
@@ -40,8 +40,6 @@ from speechbrain_quads.whisper import WhisperStudent
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 CONFIG_VERSION = 1
-FLOAT_FORMAT = "float32"
-"""Header ``format`` of a full-precision export (a plain safetensors state_dict)."""
 CONFIG_TYPES = {"labels": list, "pad_to_30s": bool, "sampling_rate": int, "student_size": int,
                 "whisper_config": dict}
 """Keys every export ``config.json`` must hold, with their JSON types."""

@@ -165,3 +165,29 @@ def test_float32_export_loads(tiny_dir, clips, tmp_path):
     assert loaded.hparams.bits == 32
     wavs, lens = pad_batch(clips)
     assert torch.equal(loaded.compute_logits(wavs, lens), _logits(model, wavs, lens))
+
+
+def test_export_of_a_prepared_model_with_the_quantizer_off_loads(tmp_path, tiny_dir):
+    """A plan ending in distillation exports float32 weights under plain names."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from speechbrain_quads.experiment import export_model
+    from speechbrain_quads.heads import IntentClassifier
+    from speechbrain_quads.inference import QuadsIntentClassifier
+    from speechbrain_quads.quantization import CodebookQuantizer, QuantizationConfig
+    from speechbrain_quads.whisper import WhisperStudent
+
+    model = nn.ModuleDict({"student": WhisperStudent(tiny_dir, keep_layers=[0]),
+                           "classifier": IntentClassifier(384, 3)}).eval()
+    quantizer = CodebookQuantizer(QuantizationConfig(bits=4, min_numel=1024))
+    quantizer.prepare(model)  # prepared, never clustered: mode off
+    export_model(SimpleNamespace(deployable=model, quantizer=quantizer), {"bits": 4},
+                 ["a", "b", "c"], tmp_path / "model")
+    loaded = QuadsIntentClassifier.from_hparams(str(tmp_path / "model"))
+    wavs = torch.randn(2, 16000) * 0.1
+    with torch.no_grad():
+        hidden, lens = model["student"](wavs, torch.ones(2))
+        expected = model["classifier"](hidden[-1], lens)
+    assert torch.equal(loaded.compute_logits(wavs, torch.ones(2)), expected)
