@@ -133,13 +133,16 @@ def lloyd(
         tol: stop early once no centroid moves by more than ``tol`` (same unit as the values).
 
     Returns:
-        (groups, k) float64 centroids, sorted. A centroid whose cluster is empty keeps its
-        value (order is preserved: the neighbouring means cannot cross it).
+        (groups, k) float64 centroids, sorted. A centroid whose cluster is empty is moved into
+        the cluster with the largest squared error (splitting it), so no codebook entry stays
+        unused while some cluster holds more than one distinct value.
     """
     data = sorted_values.contiguous().numpy().astype(np.float64)
     groups, m = data.shape
     prefix = np.zeros((groups, m + 1))
     np.cumsum(data, axis=1, out=prefix[:, 1:])
+    prefix_sq = np.zeros((groups, m + 1))
+    np.cumsum(np.square(data), axis=1, out=prefix_sq[:, 1:])
     current = centroids.double().numpy().copy()
     rows = np.arange(groups)[:, None]
     first, last = np.zeros((groups, 1), dtype=np.int64), np.full((groups, 1), m)
@@ -149,12 +152,36 @@ def lloyd(
         edges = np.concatenate([first, cuts, last], axis=1)
         counts = np.diff(edges, axis=1)
         sums = prefix[rows, edges[:, 1:]] - prefix[rows, edges[:, :-1]]
-        updated = np.sort(np.where(counts > 0, sums / np.maximum(counts, 1), current), axis=1)
+        updated = np.where(counts > 0, sums / np.maximum(counts, 1), current)
+        for group in np.flatnonzero((counts == 0).any(axis=1)):
+            squares = prefix_sq[group, edges[group, 1:]] - prefix_sq[group, edges[group, :-1]]
+            _reseed_empty(data[group], edges[group], counts[group], sums[group], squares,
+                          updated[group])
+        updated = np.sort(updated, axis=1)
         moved = np.abs(updated - current).max()
         current = updated
         if moved <= tol:
             break
     return torch.from_numpy(current)
+
+
+def _reseed_empty(row: np.ndarray, edges: np.ndarray, counts: np.ndarray, sums: np.ndarray,
+                  squares: np.ndarray, centroids: np.ndarray) -> None:
+    """Move each empty cluster's centroid (in place) to split the cluster of largest squared
+    error: it lands on the value three quarters of the way through that cluster's sorted span,
+    and the split cluster's error is not offered again in this round."""
+    error = squares - np.square(sums) / np.maximum(counts, 1)
+    error[counts < 2] = 0.0
+    for empty in np.flatnonzero(counts == 0):
+        worst = int(np.argmax(error))
+        if error[worst] <= 0.0:
+            return
+        start, stop = edges[worst], edges[worst + 1]
+        candidate = row[start + 3 * (stop - start) // 4]
+        if candidate == centroids[worst]:
+            candidate = row[stop - 1]
+        centroids[empty] = candidate
+        error[worst] = 0.0
 
 
 def kmeans_1d(
@@ -164,6 +191,7 @@ def kmeans_1d(
     iters: int = 30,
     seed: int = 0,
     clip_percentile: float = 0.5,
+    initial: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cluster each row of ``values`` into ``k`` centroids.
 
@@ -174,6 +202,8 @@ def kmeans_1d(
         iters: maximum Lloyd iterations (0 keeps the initialisation).
         seed: seed of the generator used by ``kmeans++``; the result is deterministic.
         clip_percentile: outlier percent clipped at each end by ``init="range"``.
+        initial: optional (groups, k) starting centroids (a warm start, e.g. the current
+            codebook when re-clustering); ``init`` is then not used.
 
     Returns:
         ``(centroids, indices)``: (groups, k) centroids in ``values.dtype``, sorted per row, and
@@ -190,8 +220,14 @@ def kmeans_1d(
     data = work.numpy()
     order = np.argsort(data, axis=1)
     sorted_values = torch.from_numpy(np.take_along_axis(data, order, axis=1))
-    generator = torch.Generator().manual_seed(seed)
-    centroids = init_centroids(sorted_values, k, init, generator, clip_percentile)
+    if initial is not None:
+        if tuple(initial.shape) != (data.shape[0], k):
+            raise ValueError(f"initial: expected shape {(data.shape[0], k)}, got "
+                             f"{tuple(initial.shape)}")
+        centroids = torch.sort(initial.detach().cpu().double(), dim=1).values
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        centroids = init_centroids(sorted_values, k, init, generator, clip_percentile)
     rounded = lloyd(sorted_values, centroids, iters).to(values.dtype)
     indices = _labels(sorted_values.numpy(), order, rounded.to(work.dtype).numpy())
     return rounded.to(values.device), torch.from_numpy(indices).to(values.device)

@@ -58,6 +58,9 @@ class QuantizationConfig:
         exclude: regexes; a module name matching one is left in full precision.
         min_numel: weights with fewer elements stay in full precision.
         recluster: if False, :meth:`CodebookQuantizer.cluster` clusters only once.
+        warm_start: re-clustering starts Lloyd from the current codebook (MCT then tracks what
+            distillation changed; re-initialising on weights that were committed from a
+            codebook lands in poor local optima); False re-initialises with ``init``.
         clip_percentile: percent of outliers clipped at each end by ``init="range"``.
     """
 
@@ -72,6 +75,7 @@ class QuantizationConfig:
     exclude: Sequence[str] = field(default_factory=tuple)
     min_numel: int = 0
     recluster: bool = True
+    warm_start: bool = True
     clip_percentile: float = 0.5
 
     def __post_init__(self) -> None:
@@ -93,6 +97,8 @@ class QuantizationConfig:
             raise ValueError("module_types: at least one module type is required")
         if not isinstance(self.recluster, bool):
             raise ValueError(f"recluster: expected true or false, got {self.recluster!r}")
+        if not isinstance(self.warm_start, bool):
+            raise ValueError(f"warm_start: expected true or false, got {self.warm_start!r}")
         percentile = self.clip_percentile
         if not isinstance(percentile, (int, float)) or not 0.0 <= percentile < 50.0:
             raise ValueError(f"clip_percentile: expected 0 <= value < 50, got {percentile!r}")
@@ -209,6 +215,7 @@ class CodebookParametrization(nn.Module):
     def fit(self, latent: torch.Tensor, config: QuantizationConfig, seed: int) -> None:
         """Run k-means on ``latent`` (the weight's shape) and store centroids and indices."""
         values = latent.detach().reshape(self.groups, -1)
+        warm = config.warm_start and bool(int(self.clustered))
         centroids, indices = kmeans_1d(
             values,
             self.k,
@@ -216,6 +223,7 @@ class CodebookParametrization(nn.Module):
             iters=config.kmeans_iters,
             seed=seed,
             clip_percentile=config.clip_percentile,
+            initial=self.centroids.detach() if warm else None,
         )
         self.centroids.copy_(centroids)
         self.indices.copy_(indices.reshape(self.indices.shape))

@@ -156,21 +156,28 @@ def test_every_width_gives_at_most_2_to_the_b_values(bits):
             assert distinct == 2**bits
 
 
-def test_reclustering_moves_the_codebook_and_recluster_false_keeps_it():
+@pytest.mark.parametrize("warm_start", [False, True])
+def test_reclustering_moves_the_codebook_and_recluster_false_keeps_it(warm_start):
     for recluster in (True, False):
         model = make_model()
-        quantizer = quantize_(model, QuantizationConfig(bits=3, recluster=recluster))
+        config = QuantizationConfig(bits=3, recluster=recluster, warm_start=warm_start)
+        quantizer = quantize_(model, config)
         codebook = quantizer.modules["fc1"][1]
         before = codebook.centroids.detach().clone()
         quantizer.set_mode("frozen")
+        latent = model.fc1.parametrizations["weight"].original
         with torch.no_grad():
-            model.fc1.parametrizations["weight"].original.mul_(3.0)
+            latent.mul_(3.0)
         quantizer.cluster()
         moved = not torch.equal(codebook.centroids, before)
         assert moved is recluster
         assert quantizer.mode == ("train" if recluster else "frozen")
-        if recluster:
+        if recluster and not warm_start:  # a cold k-means is scale-equivariant
             torch.testing.assert_close(codebook.centroids, before * 3.0, rtol=1e-4, atol=1e-6)
+        if recluster and warm_start:  # Lloyd from the old codebook reaches the new weights
+            error = (latent - codebook.quantized()).square().mean()
+            stale = (latent - (before.flatten()[codebook.flat_indices()]).reshape(latent.shape))
+            assert error < 0.1 * stale.square().mean()
 
 
 def test_modes_off_train_frozen():
@@ -367,3 +374,42 @@ quantization: !new:speechbrain_quads.quantization.QuantizationConfig
     assert CodebookQuantizer(config).prepare(make_model()) == ["fc1"]
     with pytest.raises(ValueError, match="bits"):
         load_hyperpyyaml(text.replace("bits: 2", "bits: 12"))
+
+
+def test_kmeans_reseeds_empty_clusters_and_recovers_spikes():
+    """Values on 16 spikes (a committed codebook) are recovered exactly, every centroid used."""
+    from speechbrain_quads.kmeans import kmeans_1d
+
+    generator = torch.Generator().manual_seed(0)
+    spikes = torch.cat([torch.linspace(-0.5, -0.1, 4), torch.linspace(-0.03, 0.03, 10),
+                        torch.tensor([0.2, 0.6])])
+    weights = torch.tensor([0.02, 0.03, 0.05, 0.08] + [0.08] * 10 + [0.005, 0.001])
+    values = spikes[torch.multinomial(weights, 20000, replacement=True, generator=generator)]
+    centroids, indices = kmeans_1d(values.unsqueeze(0), 16, init="linear")
+    assert indices.unique().numel() == 16
+    assert torch.allclose(centroids[0], spikes, atol=1e-6)
+
+
+def test_recluster_after_commit_keeps_the_quantized_model():
+    """MCT re-clusters committed weights: the warm start keeps their codebook (no collapse)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 8))
+    quantizer = quantize_(model, QuantizationConfig(bits=4))
+    inputs = torch.randn(32, 64)
+    with torch.no_grad():
+        before = model(inputs)
+    quantizer.commit()
+    quantizer.set_mode("off")
+    with torch.no_grad():  # a little distillation drift
+        for module, _ in quantizer.modules.values():
+            latent = module.parametrizations["weight"].original
+            latent.add_(1e-4 * torch.randn_like(latent))
+    quantizer.cluster()
+    quantizer.set_mode("train")
+    with torch.no_grad():
+        after = model(inputs)
+    assert (after - before).abs().max() < 1e-2 * before.abs().max()
+    cold = QuantizationConfig(bits=4, warm_start=False)
+    assert cold.warm_start is False
+    with pytest.raises(ValueError, match="warm_start"):
+        QuantizationConfig(warm_start="yes")
