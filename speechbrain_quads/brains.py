@@ -16,10 +16,13 @@ Losses, per phase:
 
 Phase transitions happen at the first epoch of a phase, computed from the epoch number alone, so a
 run resumed from a checkpoint repeats exactly what an uninterrupted run does: entering a
-quantization phase re-clusters the codebooks from the latent weights (or keeps them with
-``recluster: false``, the official code's behaviour) and resets the quantization optimizer;
-leaving one writes the quantized values into the latent weights (distillation resumes from the
-quantized model).
+quantization phase re-clusters the codebooks from the latent weights, warm-started from the
+current codebook (or keeps them with ``recluster: false``, the official code's behaviour) and
+resets the quantization optimizer. Leaving one switches the quantizer off: distillation goes on
+training the full-precision latent weights, as in the official code, where weights stay full
+precision and the codebook follows them. ``commit_after_quant: true`` instead writes the
+quantized values into the latent weights first; measured on the demo corpus this traps the
+model on its first codebook grid (distillation's small steps cannot leave it).
 """
 
 from __future__ import annotations
@@ -227,8 +230,8 @@ class QuantizationBrain(DistillationBrain):
     hparams used besides DistillationBrain's: ``quantizer`` (CodebookQuantizer, prepared here on
     the student + classifier), ``quant_opt_class`` (``!name:`` optimizer taking param groups),
     ``quant_lr`` (codebooks and the student's other tensors) and optional ``quant_lr_head``, both
-    with cosine decay over each quantization phase, ``centroid_weight`` and
-    ``quant_distill_weight``.
+    with cosine decay over each quantization phase, ``centroid_weight``,
+    ``quant_distill_weight`` and optional ``commit_after_quant`` (default false).
     """
 
     def __init__(self, *args, **kwargs):
@@ -291,7 +294,8 @@ class QuantizationBrain(DistillationBrain):
             head_group["lr"] = getattr(self.hparams, "quant_lr_head", self.hparams.quant_lr) * decay
         else:
             if starting and self.quantizer.mode != "off":
-                self.quantizer.commit()
+                if getattr(self.hparams, "commit_after_quant", False):
+                    self.quantizer.commit()
                 self.quantizer.set_mode("off")
             for latent in self._latents():
                 latent.requires_grad_(True)

@@ -117,6 +117,17 @@ def build_datasets(hparams: dict) -> tuple[dict[str, DynamicItemDataset], Catego
     encoder.load_or_create(
         path=str(Path(hparams["save_folder"]) / "label_encoder.txt"),
         from_didatasets=[datasets["train"]], output_key="intent")
+    for dataset in datasets.values():
+        add_intent_pipelines(dataset, encoder)
+    if hparams.get("sorting", "random") != "random":
+        datasets["train"] = datasets["train"].filtered_sorted(
+            sort_key="duration", reverse=hparams["sorting"] == "descending")
+    return datasets, encoder
+
+
+def add_intent_pipelines(dataset: DynamicItemDataset, encoder: CategoricalEncoder) -> None:
+    """Make ``dataset`` (entries with ``wav`` and ``intent``) yield ``id``, ``sig`` (the
+    waveform) and ``intent_encoded`` (the label index as a (1,) tensor)."""
 
     @sb.utils.data_pipeline.takes("wav")
     @sb.utils.data_pipeline.provides("sig")
@@ -128,14 +139,9 @@ def build_datasets(hparams: dict) -> tuple[dict[str, DynamicItemDataset], Catego
     def label_pipeline(intent):
         return encoder.encode_label_torch(intent)
 
-    for split, dataset in datasets.items():
-        dataset.add_dynamic_item(audio_pipeline)
-        dataset.add_dynamic_item(label_pipeline)
-        dataset.set_output_keys(["id", "sig", "intent_encoded"])
-        if split == "train" and hparams.get("sorting", "random") != "random":
-            datasets[split] = dataset.filtered_sorted(
-                sort_key="duration", reverse=hparams["sorting"] == "descending")
-    return datasets, encoder
+    dataset.add_dynamic_item(audio_pipeline)
+    dataset.add_dynamic_item(label_pipeline)
+    dataset.set_output_keys(["id", "sig", "intent_encoded"])
 
 
 def _atomic_folder(final: Path, write: Callable[[Path], None]) -> None:
