@@ -34,6 +34,7 @@ EXTRAS_REQUIRE = {
         "praat-parselmouth==0.4.7",
         "espeakng-loader==0.2.4",
     ],
+    "bench": ["matplotlib==3.11.2", "coremltools==9.0"],  # benchmarks/run.py: plot, DKM peer
     "dev": [
         "pytest>=8",
         "pytest-timeout>=2.3",
