@@ -50,6 +50,7 @@ def _worker(rank: int, port: int) -> None:
     torch.set_num_threads(1)
     try:
         _check_rank(rank)
+        dist.barrier()  # neither rank tears gloo down while the other still reads from it
     finally:
         dist.destroy_process_group()
 
