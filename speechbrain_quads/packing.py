@@ -5,9 +5,13 @@ File layout (one safetensors file, no pickle):
                                 weight packed densely, least significant bit first, element after
                                 element (3, 5, 6, 7 bits are not rounded up to a byte).
     ``<name>.weight::codebook`` float32 (groups, 2**bits): its codebooks.
-    ``<key>``                   every other tensor of the model's state_dict, unchanged.
-Header metadata: ``format`` (:data:`FORMAT_NAME`), ``format_version`` and ``quantized``: JSON
-``{weight name: {"module", "bits", "shape", "numel", "groups", "dtype"}}``.
+    ``<key>``                   every other tensor of the model's state_dict, unchanged, except
+                                Whisper's sinusoidal positional tables (``*embed_positions.weight``)
+                                when :mod:`~speechbrain_quads.positional` rebuilds them bit for bit.
+Header metadata: ``format`` (:data:`FORMAT_NAME`), ``format_version``, ``quantized``: JSON
+``{weight name: {"module", "bits", "shape", "numel", "groups", "dtype"}}`` and ``generated``: JSON
+``{key: {"kind": "whisper_sinusoids", "shape": [length, channels], "recipe", "sha256"}}``
+(version 2).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import math
 import os
 import secrets
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,10 +30,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save, save_file
 from torch import nn
 
+from speechbrain_quads.positional import RECIPES, sinusoid_recipe, table_digest, whisper_sinusoids
 from speechbrain_quads.quantization import quantized_modules
 
 FORMAT_NAME = "speechbrain-quads-packed"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+READABLE_VERSIONS = ("1", "2")
+"""Version 1 files (no ``generated`` header) load unchanged."""
+GENERATED_SUFFIX = "embed_positions.weight"
 INDICES_SUFFIX = "::indices"
 CODEBOOK_SUFFIX = "::codebook"
 MB = 2**20
@@ -102,11 +111,13 @@ class SizeReport:
         packed_bytes: the packed safetensors file (its size on disk when exported, otherwise
             the exact length of its serialisation, header included).
         bit_arithmetic_bytes: sum over quantized tensors of ceil(numel * b / 8), plus the
-            float32 codebooks, plus the full-precision tensors at their own dtype.
+            float32 codebooks, plus the stored full-precision tensors at their own dtype
+            (a regenerated positional table costs nothing).
         paper_bytes: the paper's convention: every parameter at b bits (total_params * b / 8;
             with mixed widths, the widest), codebooks and headers ignored.
         fp32_bytes: total_params * 4.
-        total_params: elements of every floating tensor of the plain state_dict.
+        total_params: elements of every floating tensor of the plain state_dict (regenerated
+            positional tables included).
         quantized_params: elements of the quantized weights.
         bits: the widest index width used.
     """
@@ -178,13 +189,21 @@ def packed_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str,
             "dtype": str(module.parametrizations["weight"].original.dtype).removeprefix("torch."),
         }
         hidden.append(prefix + "parametrizations.weight.")
+    generated = {}
     for key, value in model.state_dict().items():
-        if not key.startswith(tuple(hidden)):
+        if key.startswith(tuple(hidden)):
+            continue
+        recipe = sinusoid_recipe(value) if key.endswith(GENERATED_SUFFIX) else None
+        if recipe is None:
             tensors[key] = value.detach().cpu().contiguous().clone()
+        else:
+            generated[key] = {"kind": "whisper_sinusoids", "shape": list(value.shape),
+                              "recipe": recipe, "sha256": table_digest(value)}
     metadata = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "quantized": json.dumps(entries, sort_keys=True),
+        "generated": json.dumps(generated, sort_keys=True),
     }
     return tensors, metadata
 
@@ -192,13 +211,16 @@ def packed_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str,
 def _report(tensors: dict[str, torch.Tensor], metadata: dict[str, str], packed: int) -> SizeReport:
     """Build a :class:`SizeReport` from the export payload and the packed size in bytes."""
     entries = json.loads(metadata["quantized"])
+    generated = sum(math.prod(e["shape"]) for e in json.loads(metadata["generated"]).values())
     quantized_keys = {
         key + suffix for key in entries for suffix in (INDICES_SUFFIX, CODEBOOK_SUFFIX)
     }
     full = [value for key, value in tensors.items() if key not in quantized_keys]
     bits = max(entry["bits"] for entry in entries.values())
     quantized_params = sum(entry["numel"] for entry in entries.values())
-    total_params = quantized_params + sum(v.numel() for v in full if v.is_floating_point())
+    total_params = quantized_params + generated + sum(
+        v.numel() for v in full if v.is_floating_point()
+    )
     bit_arithmetic = sum(
         packed_length(entry["numel"], entry["bits"]) + entry["groups"] * 2 ** entry["bits"] * 4
         for entry in entries.values()
@@ -262,10 +284,10 @@ def _entries(path: Path, metadata: dict[str, str]) -> dict[str, dict]:
             f"{path}: not a {FORMAT_NAME} file (header metadata has no "
             f"format={FORMAT_NAME!r}; a foreign safetensors file?)"
         )
-    if metadata.get("format_version") != FORMAT_VERSION:
+    if metadata.get("format_version") not in READABLE_VERSIONS:
         raise ValueError(
             f"{path}: unsupported format_version {metadata.get('format_version')!r}"
-            f" (this reader knows {FORMAT_VERSION!r})"
+            f" (this reader knows {', '.join(READABLE_VERSIONS)})"
         )
     try:
         entries = json.loads(metadata["quantized"])
@@ -276,6 +298,38 @@ def _entries(path: Path, metadata: dict[str, str]) -> dict[str, dict]:
     if not isinstance(entries, dict):
         raise ValueError(f"{path}: header metadata 'quantized' is not a JSON object")
     return entries
+
+
+def _generated(path: Path, metadata: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Rebuild the tensors listed in the ``generated`` header (absent in version 1 files)."""
+    try:
+        entries = json.loads(metadata.get("generated", "{}"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: header metadata 'generated' is not JSON ({error})") from None
+    if not isinstance(entries, dict):
+        raise ValueError(f"{path}: header metadata 'generated' is not a JSON object")
+    tensors = {}
+    for key, entry in entries.items():
+        where = f"{path}: generated tensor {key!r}"
+        if not isinstance(entry, dict) or entry.get("kind") != "whisper_sinusoids":
+            raise ValueError(f"{where}: unknown kind (expected 'whisper_sinusoids'): {entry!r}")
+        shape, recipe = entry.get("shape"), entry.get("recipe")
+        if recipe not in RECIPES:
+            raise ValueError(f"{where}: recipe {recipe!r} is not one of {RECIPES}")
+        if not (isinstance(shape, list) and len(shape) == 2
+                and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)):
+            raise ValueError(f"{where}: shape {shape!r} is not [length, channels]")
+        try:
+            tensors[key] = whisper_sinusoids(shape[0], shape[1], recipe)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+        if table_digest(tensors[key]) != entry.get("sha256"):
+            warnings.warn(
+                f"{where}: this machine's sin/cos rebuild the table with a different SHA-256 "
+                "than the exporting machine's (last-bit differences); outputs may differ slightly",
+                stacklevel=3,
+            )
+    return tensors
 
 
 def _dequantize(
@@ -342,6 +396,10 @@ def load_packed(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise ValueError(f"{path}: tensor {key!r} has no entry in the header metadata")
         if not separator:
             state[key] = value
+    for key, value in _generated(path, metadata).items():
+        if key in state:
+            raise ValueError(f"{path}: tensor {key!r} is both stored and generated")
+        state[key] = value
     return state
 
 

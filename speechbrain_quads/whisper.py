@@ -84,7 +84,10 @@ def load_whisper_encoder(source: str, save_path: str | None = None,
         check_local_source(source)
     model = WhisperModel.from_pretrained(source, cache_dir=save_path,
                                          attn_implementation=attn_implementation)
-    return model.get_encoder()
+    encoder = model.get_encoder()
+    # Whisper's positional table is fixed sinusoids; transformers 5's loader leaves it trainable.
+    encoder.embed_positions.requires_grad_(False)
+    return encoder
 
 
 def _key_mask(frames: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Tensor | None:

@@ -119,7 +119,7 @@ def test_size_report_is_the_exact_bit_arithmetic(quantized_encoder, packed_file)
         if key in quantized:
             groups = max(1, value.shape[0] // 32)
             expected += math.ceil(value.numel() * 3 / 8) + groups * 2**3 * 4
-        else:
+        elif key != POSITIONS:  # rebuilt from its recipe, not stored
             expected += value.numel() * 4
     total = sum(value.numel() for value in plain.values())
     assert report.bit_arithmetic_bytes == expected
@@ -128,6 +128,66 @@ def test_size_report_is_the_exact_bit_arithmetic(quantized_encoder, packed_file)
     assert report.quantized_params == sum(plain[key].numel() for key in quantized)
     assert report.as_dict()["packed_mb"] == report.packed_bytes / 2**20
     assert size_report(quantized_encoder) == report  # in memory: the same serialised layout
+
+
+POSITIONS = "embed_positions.weight"
+
+
+def test_sinusoidal_positions_are_regenerated_not_stored(tmp_path, quantized_encoder, packed_file):
+    with safe_open(packed_file, framework="pt") as handle:
+        assert POSITIONS not in handle.keys()
+        generated = json.loads(handle.metadata()["generated"])
+    assert generated[POSITIONS]["recipe"] == "float32>float32"  # transformers' own sinusoids()
+    table = quantized_encoder.embed_positions.weight
+    assert torch.equal(load_packed(packed_file)[POSITIONS], table)
+
+    # A table that differs in one element is stored as it is, and comes back exactly.
+    edited = whisper_encoder(seed=0)
+    quantize_(edited, QuantizationConfig(bits=3))
+    regenerated = size_report(edited)
+    with torch.no_grad():
+        edited.embed_positions.weight[7, 3] += 1e-3
+    stored = tmp_path / "stored.safetensors"
+    report = export_packed(edited, stored)
+    with safe_open(stored, framework="pt") as handle:
+        assert POSITIONS in handle.keys()
+        assert json.loads(handle.metadata()["generated"]) == {}
+    assert torch.equal(load_packed(stored)[POSITIONS], edited.embed_positions.weight)
+    assert report.bit_arithmetic_bytes - regenerated.bit_arithmetic_bytes == table.numel() * 4
+    assert report.total_params == regenerated.total_params
+
+
+def test_version_1_files_without_generated_tables_still_load(tmp_path, packed_file):
+    table = load_packed(packed_file)[POSITIONS]
+    old = _rewrite(
+        packed_file,
+        tmp_path / "v1.safetensors",
+        replace={POSITIONS: table},
+        metadata_update=lambda m: {
+            k: v for k, v in {**m, "format_version": "1"}.items() if k != "generated"
+        },
+    )
+    assert torch.equal(load_packed(old)[POSITIONS], table)
+
+
+def test_a_table_rebuilt_differently_warns_naming_the_file(tmp_path, packed_file):
+    def update(metadata):
+        generated = json.loads(metadata["generated"])
+        generated[POSITIONS]["sha256"] = "0" * 64
+        return {**metadata, "generated": json.dumps(generated)}
+
+    other = _rewrite(packed_file, tmp_path / "other.safetensors", metadata_update=update)
+    with pytest.warns(UserWarning, match="other.safetensors: generated tensor"):
+        load_packed(other)
+
+
+def _edit_generated(field, value):
+    def update(metadata):
+        generated = json.loads(metadata["generated"])
+        generated[POSITIONS][field] = value
+        return {**metadata, "generated": json.dumps(generated)}
+
+    return update
 
 
 def _rewrite(source, target, drop=(), replace=None, metadata_update=None):
@@ -168,6 +228,14 @@ FC1 = "layers.0.fc1.weight"
         ),
         ({"metadata_update": lambda m: {**m, "format_version": "7"}}, "format_version"),
         ({"metadata_update": lambda m: {**m, "quantized": "{"}}, "not JSON"),
+        ({"metadata_update": lambda m: {**m, "generated": "["}}, "'generated' is not JSON"),
+        ({"metadata_update": _edit_generated("recipe", "float8")}, "recipe 'float8' is not"),
+        ({"metadata_update": _edit_generated("shape", [1500, 63])}, "even width"),
+        ({"metadata_update": _edit_generated("kind", "rope")}, "unknown kind"),
+        (
+            {"replace": {POSITIONS: torch.zeros(1500, 64)}},
+            "'embed_positions.weight' is both stored and generated",
+        ),
         ({"replace": {"stray::indices": torch.zeros(1, dtype=torch.uint8)}}, "no entry"),
     ],
 )

@@ -131,6 +131,10 @@ def test_pretrained_student_copies_the_checkpoint_and_random_init_does_not(tiny_
             assert param.shape == other.shape
             assert not torch.allclose(param, other)
             assert 0.01 < param.std() < 0.03  # Whisper's init_std is 0.02
+    for student in (pretrained, random):  # the fixed sinusoids are not trained; the rest is
+        trainable = {name for name, p in student.encoder.named_parameters() if p.requires_grad}
+        assert trainable == {name for name, _ in student.encoder.named_parameters()} - {
+            "embed_positions.weight"}
 
 
 def test_bad_student_settings(tiny_dir):
