@@ -68,3 +68,52 @@ def whisper_encoder_gmacs_formula(d_model: int, layers: int, ffn: int, n_mels: i
     convs = frames * n_mels * d_model * 3 + t * d_model * d_model * 3
     per_layer = 4 * t * d_model ** 2 + 2 * t * t * d_model + 2 * t * d_model * ffn
     return (convs + layers * per_layer) / 1e9
+
+
+WHISPER_ENCODERS = {
+    "tiny": {"d_model": 384, "encoder_layers": 4, "encoder_attention_heads": 6},
+    "base": {"d_model": 512, "encoder_layers": 6, "encoder_attention_heads": 8},
+    "small": {"d_model": 768, "encoder_layers": 12, "encoder_attention_heads": 12},
+    "medium": {"d_model": 1024, "encoder_layers": 24, "encoder_attention_heads": 16},
+    "large-v2": {"d_model": 1280, "encoder_layers": 32, "encoder_attention_heads": 20},
+    "large-v3": {"d_model": 1280, "encoder_layers": 32, "encoder_attention_heads": 20,
+                 "num_mel_bins": 128},
+}
+"""Encoder shapes of OpenAI's Whisper checkpoints (FFN width 4 x d_model, 80 mel bins unless
+stated), enough to count parameters and compute without downloading any weights."""
+
+
+def whisper_encoder_config(name: str):
+    """The ``transformers.WhisperConfig`` of a Whisper size in :data:`WHISPER_ENCODERS`."""
+    from transformers import WhisperConfig
+
+    if name not in WHISPER_ENCODERS:
+        raise ValueError(f"unknown Whisper size {name!r}; known: {', '.join(WHISPER_ENCODERS)}")
+    shape = {"num_mel_bins": 80, **WHISPER_ENCODERS[name]}
+    return WhisperConfig(**shape, encoder_ffn_dim=4 * shape["d_model"])
+
+
+def encoder_profile_on_meta(config) -> dict[str, float]:
+    """Parameters and 30-s GMACs of a Whisper encoder built on the meta device (no weights, no
+    compute: FlopCounterMode counts from shapes; the log-mel front end is not included).
+
+    Arguments
+    ---------
+    config : transformers.WhisperConfig
+
+    Returns
+    -------
+    dict
+        ``params`` (encoder parameters, positional table included) and ``gmacs_30s``.
+    """
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    config._attn_implementation = "eager"
+    with torch.device("meta"):
+        encoder = WhisperEncoder(config)
+        mel = torch.zeros(1, config.num_mel_bins, 2 * config.max_source_positions)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        encoder(mel)
+    return {"params": sum(p.numel() for p in encoder.parameters()),
+            "gmacs_30s": counter.get_total_flops() / 2 / 1e9}
