@@ -67,10 +67,13 @@ def targets(rows: list[dict]) -> list[str]:
         gap = 100 * (fp["accuracy"] - q4["accuracy"])
         lines.append(f"- QUADS 4-bit within 2 points of the fp student: {_pct(q4['accuracy'])} vs "
                      f"{_pct(fp['accuracy'])} % ({gap:+.2f} points below): {verdict(gap <= 2.0)}")
-    mct2, seq2 = _find(rows, "quads_mct", 2), _find(rows, "sequential", 2)
-    if mct2 and seq2:
-        lines.append(f"- MCT >= sequential at 2 bits: {_pct(mct2['accuracy'])} vs "
-                     f"{_pct(seq2['accuracy'])} %: {verdict(mct2['accuracy'] >= seq2['accuracy'])}")
+    for row in rows:
+        if row["method"] != "sequential" or row.get("skipped"):
+            continue
+        mct = _find(rows, "quads_mct", row["bits"])
+        if mct:
+            lines.append(f"- MCT >= sequential at {row['bits']} bits: {_pct(mct['accuracy'])} vs "
+                         f"{_pct(row['accuracy'])} %: {verdict(mct['accuracy'] >= row['accuracy'])}")
     for row in rows:
         if row["method"] != "quads_mct_random_init" or row.get("skipped"):
             continue

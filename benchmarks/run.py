@@ -53,6 +53,7 @@ TRAIN_ARGS = {"full": [], "quick": ["--mct_iterations=1"]}
 """train.py overrides: the full run keeps hparams/quads.yaml's schedule (5 MCT rounds)."""
 
 DEFAULT_BITS = {"full": [2, 4, 8], "quick": [2]}
+DEFAULT_SEQUENTIAL_BITS = {"full": [2, 4], "quick": [2]}
 DEFAULT_RANDOM_INIT_BITS = {"full": 4, "quick": 2}
 DEFAULT_DKM_STEPS = {"full": 33, "quick": 1}
 
@@ -72,7 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--bits", type=int, nargs="+", default=None,
                         help="QUADS, k-means PTQ and DKM bit widths (default 2 4 8; quick 2)")
-    parser.add_argument("--sequential-bits", type=int, nargs="+", default=[2])
+    parser.add_argument("--sequential-bits", type=int, nargs="+", default=None,
+                        help="bit widths of the distil-then-quantize runs (default 2 4; quick 2)")
     parser.add_argument("--random-init-bits", type=int, default=None,
                         help="bit width of the random-init QUADS run (default 4; quick 2)")
     parser.add_argument("--dkm-steps", type=int, default=None,
@@ -85,6 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     size = "quick" if args.quick else "full"
     args.size = size
     args.bits = args.bits or DEFAULT_BITS[size]
+    args.sequential_bits = args.sequential_bits or DEFAULT_SEQUENTIAL_BITS[size]
     if args.random_init_bits is None:
         args.random_init_bits = DEFAULT_RANDOM_INIT_BITS[size]
     args.dkm_steps = args.dkm_steps if args.dkm_steps is not None else DEFAULT_DKM_STEPS[size]
@@ -324,7 +327,8 @@ def write_outputs(rows: list[dict], bench: Benchmark, minutes: float, argv: list
     text = "\n".join([
         "# Benchmark: QUADS against other ways to compress the student", "",
         "```bash", "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in argv), "```", "",
-        f"Machine: {machine()}. Wall time {minutes:.1f} min.", "",
+        f"Machine: {machine()}. Wall time of this invocation {minutes:.1f} min (runs and rows "
+        "already in the work folder are re-used, not re-timed).", "",
         f"Corpus: the offline mini SLURP corpus ({corpus}; seed {args.seed}; "
         f"`recipes/mini_corpus`). Teacher Whisper base, student Whisper tiny.en (all 4 layers). "
         f"train.py overrides: `{' '.join(TRAIN_ARGS[args.size]) or 'none (hparams/quads.yaml)'}`.",
