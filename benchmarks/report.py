@@ -55,6 +55,17 @@ def _find(rows: list[dict], method: str, bits: int) -> dict | None:
     return None
 
 
+def _against_quads(rows: list[dict], method: str) -> list[tuple[dict, dict]]:
+    """(measured row of ``method``, QUADS MCT row at the same bits) pairs, where both exist."""
+    pairs = []
+    for row in rows:
+        if row["method"] == method and not row.get("skipped"):
+            quads = _find(rows, "quads_mct", row["bits"])
+            if quads:
+                pairs.append((row, quads))
+    return pairs
+
+
 def targets(rows: list[dict]) -> list[str]:
     """One markdown bullet per target: the figures compared and whether the target is met."""
     lines = []
@@ -67,30 +78,18 @@ def targets(rows: list[dict]) -> list[str]:
         gap = 100 * (fp["accuracy"] - q4["accuracy"])
         lines.append(f"- QUADS 4-bit within 2 points of the fp student: {_pct(q4['accuracy'])} vs "
                      f"{_pct(fp['accuracy'])} % ({gap:+.2f} points below): {verdict(gap <= 2.0)}")
-    for row in rows:
-        if row["method"] != "sequential" or row.get("skipped"):
-            continue
-        mct = _find(rows, "quads_mct", row["bits"])
-        if mct:
-            lines.append(f"- MCT >= sequential at {row['bits']} bits: {_pct(mct['accuracy'])} vs "
-                         f"{_pct(row['accuracy'])} %: {verdict(mct['accuracy'] >= row['accuracy'])}")
-    for row in rows:
-        if row["method"] != "quads_mct_random_init" or row.get("skipped"):
-            continue
-        pre = _find(rows, "quads_mct", row["bits"])
-        if pre:
-            lines.append(f"- pretrained > random init (QUADS {row['bits']}-bit): "
-                         f"{_pct(pre['accuracy'])} vs {_pct(row['accuracy'])} %: "
-                         f"{verdict(pre['accuracy'] > row['accuracy'])}")
-    for row in rows:
-        if row["method"] != "coremltools_dkm" or row.get("skipped"):
-            continue
-        quads = _find(rows, "quads_mct", row["bits"])
-        if quads:
-            ok = quads["accuracy"] >= row["accuracy"] and quads["packed_mb"] <= row["packed_mb"]
-            lines.append(f"- QUADS >= coremltools DKM at {row['bits']} bits: accuracy "
-                         f"{_pct(quads['accuracy'])} vs {_pct(row['accuracy'])} %, size "
-                         f"{quads['packed_mb']:.2f} vs {row['packed_mb']:.2f} MiB: {verdict(ok)}")
+    for row, mct in _against_quads(rows, "sequential"):
+        lines.append(f"- MCT >= sequential at {row['bits']} bits: {_pct(mct['accuracy'])} vs "
+                     f"{_pct(row['accuracy'])} %: {verdict(mct['accuracy'] >= row['accuracy'])}")
+    for row, pre in _against_quads(rows, "quads_mct_random_init"):
+        lines.append(f"- pretrained > random init (QUADS {row['bits']}-bit): "
+                     f"{_pct(pre['accuracy'])} vs {_pct(row['accuracy'])} %: "
+                     f"{verdict(pre['accuracy'] > row['accuracy'])}")
+    for row, quads in _against_quads(rows, "coremltools_dkm"):
+        ok = quads["accuracy"] >= row["accuracy"] and quads["packed_mb"] <= row["packed_mb"]
+        lines.append(f"- QUADS >= coremltools DKM at {row['bits']} bits: accuracy "
+                     f"{_pct(quads['accuracy'])} vs {_pct(row['accuracy'])} %, size "
+                     f"{quads['packed_mb']:.2f} vs {row['packed_mb']:.2f} MiB: {verdict(ok)}")
     return lines
 
 
