@@ -231,10 +231,7 @@ class QuantizationBrain(DistillationBrain):
     the student + classifier), ``quant_opt_class`` (``!name:`` optimizer taking param groups),
     ``quant_lr`` (codebooks and the student's other tensors) and optional ``quant_lr_head``, both
     with cosine decay over each quantization phase, ``centroid_weight``,
-    ``quant_distill_weight``, optional ``commit_after_quant`` (default false) and optional
-    ``quant_latent_lr`` (default 0: latent weights frozen in quantization phases; > 0: they keep
-    training there through a straight-through gradient, pulled towards their centroids by
-    ``L_centroid``).
+    ``quant_distill_weight`` and optional ``commit_after_quant`` (default false).
     """
 
     def __init__(self, *args, **kwargs):
@@ -254,17 +251,9 @@ class QuantizationBrain(DistillationBrain):
     def _codebook_ids(self) -> set[int]:
         return {id(codebook.centroids) for _, codebook in self.quantizer.modules.values()}
 
-    def _quant_lrs(self) -> list[float]:
-        """Peak learning rates of the quantization optimizer's groups: student tensors and
-        codebooks, head and projections, and (if ``quant_latent_lr`` > 0) the latent weights."""
-        lrs = [self.hparams.quant_lr, getattr(self.hparams, "quant_lr_head", self.hparams.quant_lr)]
-        latent_lr = getattr(self.hparams, "quant_latent_lr", 0.0)
-        return lrs + [latent_lr] if latent_lr > 0 else lrs
-
     def make_quant_optimizer(self) -> torch.optim.Optimizer:
         """Codebooks and the student's full-precision tensors at ``quant_lr``; head and projections
-        at ``quant_lr_head``; latent weights at ``quant_latent_lr`` if it is above 0 (by default
-        they are not trained in quantization phases).
+        at ``quant_lr_head``. Latent weights are not trained in quantization phases.
 
         A centroid's gradient is the sum over its members (thousands of weights), so its scale
         grows with the cluster: an adaptive optimizer (Adam) keeps steps at ``quant_lr`` whatever
@@ -273,11 +262,10 @@ class QuantizationBrain(DistillationBrain):
         latents = {id(p) for p in self._latents()}
         student = [p for p in self.modules.student.parameters() if id(p) not in latents]
         head = [p for name in ("classifier", "distill") if name in self.modules
-                for p in self.modules[name].parameters() if id(p) not in latents]
-        lrs = self._quant_lrs()
-        groups = [student, head, self._latents()][:len(lrs)]
-        return self.hparams.quant_opt_class(
-            [{"params": params, "lr": lr} for params, lr in zip(groups, lrs, strict=True)])
+                for p in self.modules[name].parameters()]
+        head_lr = getattr(self.hparams, "quant_lr_head", self.hparams.quant_lr)
+        return self.hparams.quant_opt_class([{"params": student, "lr": self.hparams.quant_lr},
+                                             {"params": head, "lr": head_lr}])
 
     def needs_teacher(self, stage) -> bool:
         """Quantization uses the teacher only when distillation is kept at a weight."""
@@ -298,14 +286,12 @@ class QuantizationBrain(DistillationBrain):
                 latents = self._latents()
                 self.latent_power = (sum(w.square().sum() for w in latents)
                                      / sum(w.numel() for w in latents))
-            train_latents = getattr(self.hparams, "quant_latent_lr", 0.0) > 0
-            self.quantizer.set_straight_through(train_latents)
             for latent in self._latents():
-                latent.requires_grad_(train_latents)
+                latent.requires_grad_(False)
             decay = 0.5 * (1 + math.cos(math.pi * (phase.epoch_in_phase - 1) / phase.phase_epochs))
-            groups = self.optimizers_dict[QUANT].param_groups
-            for group, peak in zip(groups, self._quant_lrs(), strict=True):
-                group["lr"] = peak * decay
+            student_group, head_group = self.optimizers_dict[QUANT].param_groups
+            student_group["lr"] = self.hparams.quant_lr * decay
+            head_group["lr"] = getattr(self.hparams, "quant_lr_head", self.hparams.quant_lr) * decay
         else:
             if starting and self.quantizer.mode != "off":
                 if getattr(self.hparams, "commit_after_quant", False):

@@ -153,10 +153,6 @@ class CodebookParametrization(nn.Module):
 
     Groups are contiguous blocks of output channels (dim 0): weight row ``r`` uses codebook
     ``r // (rows / groups)``.
-
-    ``straight_through`` (not saved; default False): when set and the latent weight requires
-    grad, the latent also receives the quantized weight's gradient unchanged (a straight-through
-    estimator), so it can be trained while the forward pass uses the codebook.
     """
 
     def __init__(self, weight: torch.Tensor, bits: int, groups: int) -> None:
@@ -170,7 +166,6 @@ class CodebookParametrization(nn.Module):
         self.register_buffer("clustered", torch.zeros((), dtype=torch.uint8, **factory))
         self._index_cache: tuple[torch.Tensor, int, torch.Tensor] | None = None
         self._mode_cache: tuple[torch.Tensor, int, str] | None = None
-        self.straight_through = False
 
     @property
     def k(self) -> int:
@@ -183,10 +178,7 @@ class CodebookParametrization(nn.Module):
         if mode == "off":
             return latent
         table = self.centroids if mode == "train" else self.centroids.detach()
-        quantized = _CodebookGather.apply(table, self.flat_indices(), latent.shape)
-        if self.straight_through and latent.requires_grad:
-            return quantized + (latent - latent.detach())  # + exactly 0: same values
-        return quantized
+        return _CodebookGather.apply(table, self.flat_indices(), latent.shape)
 
     def quantized(self) -> torch.Tensor:
         """``centroids[indices]`` with the weight's shape, differentiable w.r.t. centroids."""
@@ -389,12 +381,6 @@ class CodebookQuantizer:
             self._require_clustered("set_mode")
         for _, codebook in self._attached("set_mode").values():
             codebook.mode.fill_(MODES.index(mode))
-
-    def set_straight_through(self, enabled: bool) -> None:
-        """Let latent weights that require grad also receive the quantized weights' gradients
-        (straight-through) while the mode is ``train`` or ``frozen``; off by default."""
-        for _, codebook in self._attached("set_straight_through").values():
-            codebook.straight_through = bool(enabled)
 
     @torch.no_grad()
     def commit(self) -> None:

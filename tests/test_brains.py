@@ -147,21 +147,3 @@ def test_two_process_ddp_run_ends_with_identical_weights(tmp_path, corpus, tiny_
         assert torch.equal(rank0[key], rank1[key]), key
     log = (tmp_path / "train_log.txt").read_text().splitlines()
     assert len(log) == 3 and "phase: quant" in log[-1]
-
-
-def test_quant_latent_lr_trains_latent_weights_under_the_codebook(tmp_path, corpus, tiny_dir,
-                                                                  base_dir):
-    moved = {}
-    for lr in (0.0, 1e-3):
-        brain, hparams = make_brain(tmp_path / f"lr{lr}", tiny_dir, base_dir,
-                                    {"mct_iterations": 0, "quant_latent_lr": lr})
-        modules = brain.quantizer.modules
-        before = {name: module.parametrizations["weight"].original.detach().clone()
-                  for name, (module, _) in modules.items()}
-        fit(brain, hparams, corpus[1])
-        moved[lr] = {name: not torch.equal(before[name], module.parametrizations["weight"].original)
-                     for name, (module, _) in modules.items()}
-        for name, (module, _) in modules.items():
-            assert module.weight.unique().numel() <= 16, name  # the forward still uses codebooks
-    assert not any(moved[0.0].values())  # the default: latent weights frozen while quantizing
-    assert all(moved[1e-3].values())

@@ -215,40 +215,6 @@ def test_modes_off_train_frozen():
         quantizer.set_mode("on")
 
 
-def test_straight_through_passes_the_quantized_weight_gradient_to_the_latent():
-    data = batch()
-    plain = make_model()
-    quantize_(plain, QuantizationConfig(bits=3))
-    loss_plain = loss_of(plain, data)
-    loss_plain.backward()
-
-    model = make_model()
-    quantizer = quantize_(model, QuantizationConfig(bits=3))
-    quantizer.set_straight_through(True)
-    loss = loss_of(model, data)
-    assert loss.item() == loss_plain.item()  # same forward values, bit for bit
-    loss.backward()
-    weight_grads = {}
-    for name, (module, codebook) in quantizer.modules.items():
-        torch.testing.assert_close(codebook.centroids.grad,
-                                   quantized_modules(plain)[name][1].centroids.grad)
-        weight_grads[name] = module.parametrizations["weight"].original.grad
-
-    quantizer.commit()  # the gradient w.r.t. the quantized weight itself, via a plain forward
-    quantizer.set_mode("off")
-    expected = torch.autograd.grad(loss_of(model, data), list(latents(quantizer).values()))
-    for (name, grad), want in zip(weight_grads.items(), expected, strict=True):
-        torch.testing.assert_close(grad, want, rtol=1e-6, atol=1e-9)
-        assert grad.abs().sum() > 0, name
-
-    model.zero_grad()
-    quantizer.set_mode("train")
-    model.fc1.parametrizations["weight"].original.requires_grad_(False)
-    loss_of(model, data).backward()
-    assert model.fc1.parametrizations["weight"].original.grad is None  # frozen latent: no grad
-    assert model.fc2.parametrizations["weight"].original.grad is not None
-
-
 def test_commit_and_finalize():
     model = make_model()
     quantizer = quantize_(model, QuantizationConfig(bits=3))
