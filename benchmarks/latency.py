@@ -40,12 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from student_forward import speech_batch  # noqa: E402
 
-from speechbrain_quads.experiment import export_model  # noqa: E402
-from speechbrain_quads.heads import IntentClassifier  # noqa: E402
-from speechbrain_quads.inference import QuadsIntentClassifier  # noqa: E402
-from speechbrain_quads.pretrained import convert  # noqa: E402
-from speechbrain_quads.quantization import QuantizationConfig, quantize_  # noqa: E402
-from speechbrain_quads.whisper import WhisperStudent, WhisperTeacher  # noqa: E402
+from speechbrain_quads.codebook.quantization import QuantizationConfig, quantize_  # noqa: E402
+from speechbrain_quads.deploy.export import export_model  # noqa: E402
+from speechbrain_quads.deploy.inference import QuadsIntentClassifier  # noqa: E402
+from speechbrain_quads.models.heads import IntentClassifier  # noqa: E402
+from speechbrain_quads.models.pretrained import convert  # noqa: E402
+from speechbrain_quads.models.whisper import WhisperStudent, WhisperTeacher  # noqa: E402
 
 MODES = {"variable": False, "pad_30s": True}
 """Input modes: name -> ``pad_to_30s``."""

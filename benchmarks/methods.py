@@ -27,10 +27,10 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from torch import nn
 from torch.utils.data import DataLoader
 
-from speechbrain_quads.experiment import build_datasets, export_model
-from speechbrain_quads.inference import load_export
-from speechbrain_quads.metrics import accuracy, macro_f1
-from speechbrain_quads.quantization import QuantizationConfig, quantize_, quantized_modules
+from speechbrain_quads.codebook.quantization import QuantizationConfig, quantize_, quantized_modules
+from speechbrain_quads.deploy.export import build_datasets, export_model
+from speechbrain_quads.deploy.inference import load_export
+from speechbrain_quads.evaluation.metrics import accuracy, macro_f1
 
 MB = 2**20
 

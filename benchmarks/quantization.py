@@ -8,7 +8,7 @@ candidate centroid-gradient reductions.
 
     python benchmarks/quantization.py --json quantization.json [--bits 1 2 4 8] [--repeats 5]
 
-Weights: the offline tiny.en conversion (``speechbrain_quads.pretrained.convert``) when it is
+Weights: the offline tiny.en conversion (``speechbrain_quads.models.pretrained.convert``) when it is
 available, otherwise a random encoder with tiny's shapes (recorded in the JSON as ``weights``).
 """
 
@@ -28,8 +28,8 @@ import torch
 from transformers import WhisperConfig, WhisperModel
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from speechbrain_quads.packing import export_packed, load_packed_into
-from speechbrain_quads.quantization import CodebookQuantizer, QuantizationConfig
+from speechbrain_quads.codebook.packing import export_packed, load_packed_into
+from speechbrain_quads.codebook.quantization import CodebookQuantizer, QuantizationConfig
 
 TINY_SHAPES = {
     "d_model": 384,
@@ -44,7 +44,7 @@ SHORT_POSITIONS = 150  # 3 s of audio: 300 mel frames -> 150 encoder frames
 def load_encoder() -> tuple[WhisperEncoder, str]:
     """The tiny.en encoder (or a random tiny-shaped one) and the ``weights`` label."""
     try:
-        from speechbrain_quads.pretrained import convert
+        from speechbrain_quads.models.pretrained import convert
 
         encoder = WhisperModel.from_pretrained(convert("tiny.en")).get_encoder()
         return encoder.float(), "tiny.en"

@@ -25,17 +25,17 @@ from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from speechbrain_quads.experiment import plain_state_dict  # noqa: E402
-from speechbrain_quads.heads import IntentClassifier  # noqa: E402
-from speechbrain_quads.packing import MB, size_report  # noqa: E402
-from speechbrain_quads.profiling import (  # noqa: E402
+from speechbrain_quads.codebook.packing import MB, size_report  # noqa: E402
+from speechbrain_quads.codebook.quantization import QuantizationConfig, quantize_  # noqa: E402
+from speechbrain_quads.deploy.export import plain_state_dict  # noqa: E402
+from speechbrain_quads.evaluation.profiling import (  # noqa: E402
     WHISPER_ENCODERS,
     encoder_profile_on_meta,
     gmacs,
     whisper_encoder_config,
 )
-from speechbrain_quads.quantization import QuantizationConfig, quantize_  # noqa: E402
-from speechbrain_quads.whisper import WhisperStudent  # noqa: E402
+from speechbrain_quads.models.heads import IntentClassifier  # noqa: E402
+from speechbrain_quads.models.whisper import WhisperStudent  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = "large-v3"

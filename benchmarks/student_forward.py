@@ -20,8 +20,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from speechbrain_quads.pretrained import convert  # noqa: E402
-from speechbrain_quads.whisper import WhisperStudent  # noqa: E402
+from speechbrain_quads.models.pretrained import convert  # noqa: E402
+from speechbrain_quads.models.whisper import WhisperStudent  # noqa: E402
 
 
 def speech_batch(batch: int, seconds: float) -> tuple[torch.Tensor, str]:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from training_setup import make_brain, make_dataset, write_corpus  # noqa: E402
 
-from speechbrain_quads.pretrained import convert  # noqa: E402
+from speechbrain_quads.models.pretrained import convert  # noqa: E402
 
 
 def epoch_seconds(output: Path, data, overrides: dict) -> float:

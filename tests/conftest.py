@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from speech import synthesize_clips  # noqa: E402
 
-from speechbrain_quads.pretrained import convert  # noqa: E402
+from speechbrain_quads.models.pretrained import convert  # noqa: E402
 
 SENTENCES = [
     "turn on the kitchen lights",

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 from training_setup import make_brain, make_dataset, write_corpus
 
-from speechbrain_quads.teacher_cache import TeacherCache
-from speechbrain_quads.whisper import WhisperTeacher
+from speechbrain_quads.models.whisper import WhisperTeacher
+from speechbrain_quads.training.teacher_cache import TeacherCache
 
 PLAN = ["distill", "quant", "distill", "quant", "quant"]
 

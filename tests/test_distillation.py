@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from speechbrain_quads.distillation import FeatureDistillation, distillation_objective
-from speechbrain_quads.metrics import accuracy, macro_f1
+from speechbrain_quads.evaluation.metrics import accuracy, macro_f1
+from speechbrain_quads.training.losses import FeatureDistillation, distillation_objective
 
 
 def test_frame_l1_ignores_padding_and_averages_layers():

@@ -15,11 +15,11 @@ from conftest import SENTENCES, pad_batch
 from speech import synthesize_clips
 from torch import nn
 
-from speechbrain_quads.experiment import export_model
-from speechbrain_quads.heads import IntentClassifier
-from speechbrain_quads.inference import AudioFileError, QuadsIntentClassifier
-from speechbrain_quads.quantization import QuantizationConfig, quantize_
-from speechbrain_quads.whisper import WhisperStudent
+from speechbrain_quads.codebook.quantization import QuantizationConfig, quantize_
+from speechbrain_quads.deploy.export import export_model
+from speechbrain_quads.deploy.inference import AudioFileError, QuadsIntentClassifier
+from speechbrain_quads.models.heads import IntentClassifier
+from speechbrain_quads.models.whisper import WhisperStudent
 
 LABELS = ["lights_on", "weather_query", "stop", "alarm_set"]
 REPO = Path(__file__).resolve().parents[1]
@@ -120,7 +120,7 @@ def test_cli_classifies_good_files_and_reports_bad_ones(quantized, loaded, wav_f
     empty.write_bytes(b"")
     files = [wav_files[0], str(corrupt), *wav_files[1:3], str(empty), wav_files[3]]
     done = subprocess.run(
-        [sys.executable, "-m", "speechbrain_quads.classify", str(quantized[1]), *files,
+        [sys.executable, "-m", "speechbrain_quads.deploy.classify", str(quantized[1]), *files,
          "--batch-size", "2", "--device", "cpu"],
         capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
         timeout=120)
@@ -136,7 +136,7 @@ def test_cli_classifies_good_files_and_reports_bad_ones(quantized, loaded, wav_f
 
 def test_cli_bad_model_folder_exits_2(tmp_path, wav_files):
     done = subprocess.run(
-        [sys.executable, "-m", "speechbrain_quads.classify", str(tmp_path), wav_files[0]],
+        [sys.executable, "-m", "speechbrain_quads.deploy.classify", str(tmp_path), wav_files[0]],
         capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
         timeout=120)
     assert done.returncode == 2
@@ -173,11 +173,11 @@ def test_export_of_a_prepared_model_with_the_quantizer_off_loads(tmp_path, tiny_
 
     from torch import nn
 
-    from speechbrain_quads.experiment import export_model
-    from speechbrain_quads.heads import IntentClassifier
-    from speechbrain_quads.inference import QuadsIntentClassifier
-    from speechbrain_quads.quantization import CodebookQuantizer, QuantizationConfig
-    from speechbrain_quads.whisper import WhisperStudent
+    from speechbrain_quads.codebook.quantization import CodebookQuantizer, QuantizationConfig
+    from speechbrain_quads.deploy.export import export_model
+    from speechbrain_quads.deploy.inference import QuadsIntentClassifier
+    from speechbrain_quads.models.heads import IntentClassifier
+    from speechbrain_quads.models.whisper import WhisperStudent
 
     model = nn.ModuleDict({"student": WhisperStudent(tiny_dir, keep_layers=[0]),
                            "classifier": IntentClassifier(384, 3)}).eval()

@@ -12,7 +12,7 @@ from torch import nn
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from speechbrain_quads.packing import (
+from speechbrain_quads.codebook.packing import (
     export_packed,
     load_packed,
     load_packed_into,
@@ -21,7 +21,7 @@ from speechbrain_quads.packing import (
     size_report,
     unpack_indices,
 )
-from speechbrain_quads.quantization import CodebookQuantizer, QuantizationConfig, quantize_
+from speechbrain_quads.codebook.quantization import CodebookQuantizer, QuantizationConfig, quantize_
 
 WHISPER = WhisperConfig(
     d_model=64,

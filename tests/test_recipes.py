@@ -13,7 +13,7 @@ import pytest
 import soundfile
 from speech import synthesize_clips
 
-from speechbrain_quads.dataprep import MARKER, DataPreparationError
+from speechbrain_quads.data.manifests import MARKER, DataPreparationError
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO.parent / "shared" / "fixtures" / "slurp_devel_sample.jsonl"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from speechbrain_quads.schedule import DISTILL, QUANT, PhasePlan
+from speechbrain_quads.training.schedule import DISTILL, QUANT, PhasePlan
 
 
 def kinds(plan):

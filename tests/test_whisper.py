@@ -8,9 +8,9 @@ import torchaudio
 from conftest import pad_batch
 from transformers import WhisperFeatureExtractor, WhisperModel
 
-from speechbrain_quads.features import WhisperLogMel
-from speechbrain_quads.heads import IntentClassifier, masked_mean
-from speechbrain_quads.whisper import WhisperStudent, WhisperTeacher
+from speechbrain_quads.models.features import WhisperLogMel
+from speechbrain_quads.models.heads import IntentClassifier, masked_mean
+from speechbrain_quads.models.whisper import WhisperStudent, WhisperTeacher
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_student_forward_on_speech(student, clips, pad_to_30s):
 def test_variable_length_matches_hf_encoder_on_a_full_window(student, clips):
     """With nothing padded, our encoder forward is HF's forward (positional table not sliced)."""
     mel, frames = WhisperLogMel(pad_to_30s=True)(clips[0].unsqueeze(0))
-    from speechbrain_quads.whisper import encode
+    from speechbrain_quads.models.whisper import encode
 
     with torch.no_grad():
         states, _ = encode(student.encoder, mel, torch.tensor([3000]), mask_padding=True)

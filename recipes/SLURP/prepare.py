@@ -17,7 +17,7 @@ import json
 import logging
 from pathlib import Path
 
-from speechbrain_quads.dataprep import (
+from speechbrain_quads.data.manifests import (
     DataPreparationError,
     manifests_ready,
     read_split_file,

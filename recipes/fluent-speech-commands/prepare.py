@@ -16,7 +16,7 @@ import io
 import logging
 from pathlib import Path
 
-from speechbrain_quads.dataprep import (
+from speechbrain_quads.data.manifests import (
     DataPreparationError,
     manifests_ready,
     read_split_file,

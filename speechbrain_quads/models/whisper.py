@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from speechbrain_quads.features import WhisperLogMel, frame_mask
+from speechbrain_quads.models.features import WhisperLogMel, frame_mask
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -36,7 +36,7 @@ def check_local_source(source: str | Path) -> None:
     if missing:
         raise FileNotFoundError(
             f"Whisper source directory {path} is missing {', '.join(missing)}; "
-            "convert offline weights with `python -m speechbrain_quads.pretrained tiny.en`")
+            "convert offline weights with `python -m speechbrain_quads.models.pretrained tiny.en`")
 
 
 OFFLINE_PREFIX = "offline:"
@@ -46,7 +46,7 @@ def resolve_source(source: str) -> str:
     """``offline:tiny.en`` / ``offline:base`` -> the converted local directory; others unchanged."""
     source = str(source)
     if source.startswith(OFFLINE_PREFIX):
-        from speechbrain_quads.pretrained import convert
+        from speechbrain_quads.models.pretrained import convert
 
         return str(convert(source[len(OFFLINE_PREFIX):]))
     return source

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from speechbrain_quads.features import frame_mask
+from speechbrain_quads.models.features import frame_mask
 
 
 def masked_mean(feats: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:

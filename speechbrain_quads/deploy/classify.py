@@ -1,6 +1,6 @@
 """Classify audio files with an exported QUADS intent model.
 
-    python -m speechbrain_quads.classify MODEL_DIR FILE [FILE ...] [--batch-size 8] [--device cpu]
+    python -m speechbrain_quads.deploy.classify MODEL_DIR FILE [FILE ...] [--batch-size 8] [--device cpu]
 
 Prints ``FILE<TAB>INTENT<TAB>SCORE`` (softmax probability, 4 decimals) on stdout for each file, in
 the order given. A file that cannot be read or classified gets ``FILE<TAB>ERROR<TAB>REASON`` on
@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from speechbrain_quads.inference import AudioFileError, QuadsIntentClassifier
+from speechbrain_quads.deploy.inference import AudioFileError, QuadsIntentClassifier
 
 EXIT_OK, EXIT_FILE_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -23,7 +23,7 @@ EXIT_OK, EXIT_FILE_FAILED, EXIT_USAGE = 0, 1, 2
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser."""
     parser = argparse.ArgumentParser(
-        prog="python -m speechbrain_quads.classify",
+        prog="python -m speechbrain_quads.deploy.classify",
         description="Classify the spoken intent of audio files with a model folder exported by a "
                     "QUADS recipe (config.json + model.safetensors, packed or float32).",
         epilog="Output: FILE<TAB>INTENT<TAB>SCORE per file on stdout (SCORE = softmax probability "

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from speechbrain_quads.features import frame_mask
-from speechbrain_quads.heads import masked_mean
+from speechbrain_quads.models.features import frame_mask
+from speechbrain_quads.models.heads import masked_mean
 
 LEVELS = ("frame", "utterance")
 

@@ -1,12 +1,12 @@
 """SpeechBrain-style inference for an exported QUADS intent classifier.
 
-An export folder (written by :func:`speechbrain_quads.experiment.export_model`) holds
+An export folder (written by :func:`speechbrain_quads.deploy.export.export_model`) holds
 ``config.json`` (labels, front-end settings, the student's WhisperConfig) and ``model.safetensors``
 (packed b-bit indices + codebooks, or a plain float32 state_dict). No ``hyperparams.yaml`` is
 needed: the architecture is rebuilt from ``config.json``, and packed weights dequantize to exactly
 the values the quantized model used in training, so the logits are identical.
 
-    from speechbrain_quads.inference import QuadsIntentClassifier
+    from speechbrain_quads.deploy.inference import QuadsIntentClassifier
     classifier = QuadsIntentClassifier.from_hparams(source="results/slurp_4bit/model",
                                                     run_opts={"device": "cpu"})
     label, score = classifier.classify_file("turn_on_the_lights.wav")
@@ -31,11 +31,11 @@ from speechbrain.utils.data_utils import batch_pad_right
 from speechbrain.utils.run_opts import RunOptions
 from torch import nn
 
-from speechbrain_quads.experiment import FLOAT_FORMAT, MODEL_FORMAT
-from speechbrain_quads.features import MIN_SAMPLES, WHISPER_SAMPLE_RATE
-from speechbrain_quads.heads import IntentClassifier
-from speechbrain_quads.packing import FORMAT_NAME, load_packed_into
-from speechbrain_quads.whisper import WhisperStudent
+from speechbrain_quads.codebook.packing import FORMAT_NAME, load_packed_into
+from speechbrain_quads.deploy.export import FLOAT_FORMAT, MODEL_FORMAT
+from speechbrain_quads.models.features import MIN_SAMPLES, WHISPER_SAMPLE_RATE
+from speechbrain_quads.models.heads import IntentClassifier
+from speechbrain_quads.models.whisper import WhisperStudent
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"

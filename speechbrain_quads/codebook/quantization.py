@@ -8,7 +8,7 @@ Lifecycle, in the spirit of coremltools' palettizer and torchao's ``quantize_``:
     ...train...                     # gradients reach the centroids
     quantizer.set_mode("off" | "train" | "frozen")
     quantizer.commit()              # write centroids[indices] into the latent weights
-    quantizer.size_report()
+    packing.size_report(model)    # sizes (packing builds on this module)
     quantizer.finalize()            # plain quantized weights, parametrizations removed
 
 Each quantized ``weight`` gets a :class:`CodebookParametrization` through
@@ -23,17 +23,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.utils import parametrize
 
-from speechbrain_quads.kmeans import INITS, kmeans_1d
-
-if TYPE_CHECKING:
-    from speechbrain_quads.packing import SizeReport
+from speechbrain_quads.codebook.kmeans import INITS, kmeans_1d
 
 MODES = ("off", "train", "frozen")
 """Quantizer modes: latent weights unchanged / ``centroids[indices]`` trained / ... frozen."""
@@ -420,17 +416,6 @@ class CodebookQuantizer:
             total = squared if total is None else total + squared
             count += latent.numel()
         return total / count
-
-    def size_report(self, path: str | None = None) -> SizeReport:
-        """Sizes of the quantized model (see :class:`speechbrain_quads.packing.SizeReport`).
-
-        Args:
-            path: an exported file; if given, ``packed_bytes`` is its size on disk.
-        """
-        from speechbrain_quads.packing import size_report  # packing builds on this module
-
-        self._require_clustered("size_report")
-        return size_report(self.model, path)
 
 
 def quantize_(model: nn.Module, config: QuantizationConfig | None = None) -> CodebookQuantizer:

@@ -28,9 +28,9 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.distributed import run_on_main
 
-from speechbrain_quads.metrics import accuracy, macro_f1
-from speechbrain_quads.packing import export_packed
-from speechbrain_quads.profiling import gmacs
+from speechbrain_quads.codebook.packing import export_packed
+from speechbrain_quads.evaluation.metrics import accuracy, macro_f1
+from speechbrain_quads.evaluation.profiling import gmacs
 
 MODEL_FORMAT = "speechbrain-quads-model"
 FLOAT_FORMAT = "float32"  # header ``format`` of an unquantized export's model.safetensors

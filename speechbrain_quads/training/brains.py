@@ -33,10 +33,11 @@ import speechbrain as sb
 import torch
 from torch import nn
 
-from speechbrain_quads.distillation import distillation_objective
-from speechbrain_quads.features import lengths_to_samples
-from speechbrain_quads.metrics import accuracy, macro_f1
-from speechbrain_quads.schedule import DISTILL, QUANT, PhasePlan
+from speechbrain_quads.codebook.packing import size_report
+from speechbrain_quads.evaluation.metrics import accuracy, macro_f1
+from speechbrain_quads.models.features import lengths_to_samples
+from speechbrain_quads.training.losses import distillation_objective
+from speechbrain_quads.training.schedule import DISTILL, QUANT, PhasePlan
 
 
 class DistillationBrain(sb.Brain):
@@ -324,7 +325,7 @@ class QuantizationBrain(DistillationBrain):
         """Packed size in quantization phases, full precision otherwise (MiB)."""
         if self.quantizer.mode == "off":
             return super().model_megabytes()
-        return self.quantizer.size_report().packed_mb
+        return size_report(self.deployable).packed_mb
 
 
 class MCTBrain(QuantizationBrain):

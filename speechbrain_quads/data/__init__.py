@@ -1,0 +1,1 @@
+"""Data preparation helpers: audio and label checks, all-or-nothing CSV manifests."""

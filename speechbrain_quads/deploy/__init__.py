@@ -1,0 +1,2 @@
+"""Inference and deployment: the exported model folder, the EncoderClassifier-style pretrained
+interface and the classify CLI."""

@@ -1,0 +1,1 @@
+"""Evaluation: accuracy and macro-F1, confidence intervals and paired tests, GMACs."""
