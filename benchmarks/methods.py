@@ -28,9 +28,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from speechbrain_quads.codebook.quantization import QuantizationConfig, quantize_, quantized_modules
-from speechbrain_quads.deploy.export import build_datasets, export_model
+from speechbrain_quads.deploy.export import export_model
 from speechbrain_quads.deploy.inference import load_export
 from speechbrain_quads.evaluation.metrics import accuracy, macro_f1
+from speechbrain_quads.experiment import build_datasets
 
 MB = 2**20
 

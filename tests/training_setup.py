@@ -10,7 +10,7 @@ from speech import synthesize_clips
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
 
-from speechbrain_quads.deploy.export import add_intent_pipelines
+from speechbrain_quads.experiment import add_intent_pipelines
 from speechbrain_quads.training.brains import MCTBrain
 
 HPARAMS = Path(__file__).parent / "hparams" / "mct_tiny.yaml"

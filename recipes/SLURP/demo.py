@@ -27,7 +27,7 @@ sys.path.insert(0, str(RECIPE.parents[0] / "mini_corpus"))
 
 import generate  # noqa: E402
 
-from speechbrain_quads.deploy.export import build_datasets, load_hparams  # noqa: E402
+from speechbrain_quads.experiment import build_datasets, load_hparams  # noqa: E402
 from speechbrain_quads.training.probe import linear_probe, pooled_features  # noqa: E402
 
 RUNS = (("Student, full precision (distilled)", "student_fp32", "hparams/slurp_32bit.yaml"),

@@ -13,8 +13,8 @@ import sys
 import speechbrain as sb
 from prepare import prepare_slurp
 
-from speechbrain_quads.deploy.export import run_experiment, split_intent
 from speechbrain_quads.evaluation.metrics import accuracy
+from speechbrain_quads.experiment import run_experiment, split_intent
 
 
 def prediction_line(entry: dict, intent: str) -> dict:

@@ -12,7 +12,7 @@ import sys
 import speechbrain as sb
 from prepare import prepare_fsc
 
-from speechbrain_quads.deploy.export import run_experiment
+from speechbrain_quads.experiment import run_experiment
 
 
 def prediction_line(entry: dict, intent: str) -> dict:

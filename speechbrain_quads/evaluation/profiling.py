@@ -8,6 +8,7 @@ not counted (no formula); its mel matmul is.
 from __future__ import annotations
 
 import contextlib
+import statistics
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -117,3 +118,27 @@ def encoder_profile_on_meta(config) -> dict[str, float]:
         encoder(mel)
     return {"params": sum(p.numel() for p in encoder.parameters()),
             "gmacs_30s": counter.get_total_flops() / 2 / 1e9}
+
+
+def compute_summary(brain, hparams: dict, test_durations: list[float]) -> dict:
+    """GMACs of student(+head) and teacher at the test set's mean length and at 30 s."""
+    mean_seconds = statistics.fmean(test_durations)
+    student, head = brain.deployable["student"], brain.deployable["classifier"]
+    summary = {"test_mean_seconds": mean_seconds,
+               "student_gmacs_real_length": _gmacs_in_mode(student, mean_seconds, False, head),
+               "student_gmacs_30s": _gmacs_in_mode(student, 30.0, True, head)}
+    if "teacher" in brain.modules:
+        teacher = brain.modules.teacher
+        summary["teacher_gmacs_real_length"] = _gmacs_in_mode(teacher, mean_seconds, False)
+        summary["teacher_gmacs_30s"] = _gmacs_in_mode(teacher, 30.0, True)
+        summary["compute_ratio_30s"] = summary["teacher_gmacs_30s"] / summary["student_gmacs_30s"]
+    return summary
+
+
+def _gmacs_in_mode(module, seconds: float, pad_to_30s: bool, *heads) -> float:
+    previous = module.pad_to_30s
+    module.pad_to_30s = module.frontend.pad_to_30s = pad_to_30s
+    try:
+        return gmacs(module, seconds, *heads)
+    finally:
+        module.pad_to_30s = module.frontend.pad_to_30s = previous
