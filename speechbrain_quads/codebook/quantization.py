@@ -36,13 +36,27 @@ MODES = ("off", "train", "frozen")
 
 GRANULARITIES = ("per_tensor", "per_group")
 
+MAX_BITS = 16
+"""Widest index width: 2**16 = 65536 centroids per codebook."""
+
+
+def index_dtype(bits: int) -> torch.dtype:
+    """dtype of the stored indices of ``bits``-bit codebooks: uint8 up to 8 bits, else int32.
+
+    int32 rather than int16 above 8 bits: 16-bit indices reach 65535 (beyond int16), torch's
+    uint16 lacks most ops, and gloo (the DDP broadcast of :meth:`CodebookParametrization.
+    broadcast_from_rank0`) has no 16-bit integers. The cost is bounded: the int64 flat-index
+    cache that the forward pass uses is twice as large anyway.
+    """
+    return torch.uint8 if bits <= 8 else torch.int32
+
 
 @dataclass
 class QuantizationConfig:
     """Plain-typed settings of a :class:`CodebookQuantizer` (HyperPyYAML friendly).
 
     Attributes:
-        bits: index width b; each codebook has k = 2**b centroids (1 <= b <= 8).
+        bits: index width b; each codebook has k = 2**b centroids (1 <= b <= 16).
         init: k-means initialisation: ``linear`` (default), ``density``, ``kmeans++``, ``range``.
         kmeans_iters: maximum Lloyd iterations per clustering.
         seed: seed of the (deterministic) clustering.
@@ -80,7 +94,7 @@ class QuantizationConfig:
             if isinstance(value, str) or not all(isinstance(item, str) for item in value):
                 raise ValueError(f"{name}: expected a list of strings, got {value!r}")
             setattr(self, name, tuple(value))
-        self._check_int("bits", 1, 8)
+        self._check_int("bits", 1, MAX_BITS)
         self._check_int("kmeans_iters", 0, None)
         self._check_int("seed", 0, None)
         self._check_int("group_size", 1, None)
@@ -143,7 +157,8 @@ class CodebookParametrization(nn.Module):
 
     State (all in the owning model's ``state_dict``):
         centroids: (groups, k) parameter in the weight's dtype, k = 2**bits.
-        indices: uint8 buffer with the weight's shape; values in ``[0, k)``.
+        indices: buffer with the weight's shape, dtype :func:`index_dtype` (uint8 up to 8
+            bits, int32 above); values in ``[0, k)``.
         mode: uint8 scalar buffer, index into :data:`MODES`.
         clustered: uint8 scalar buffer, 1 once k-means has run.
 
@@ -157,7 +172,8 @@ class CodebookParametrization(nn.Module):
         self.groups = groups
         factory = {"device": weight.device}
         self.centroids = nn.Parameter(torch.zeros(groups, 2**bits, dtype=weight.dtype, **factory))
-        self.register_buffer("indices", torch.zeros(weight.shape, dtype=torch.uint8, **factory))
+        indices = torch.zeros(weight.shape, dtype=index_dtype(bits), **factory)
+        self.register_buffer("indices", indices)
         self.register_buffer("mode", torch.zeros((), dtype=torch.uint8, **factory))
         self.register_buffer("clustered", torch.zeros((), dtype=torch.uint8, **factory))
         self._index_cache: tuple[torch.Tensor, int, torch.Tensor] | None = None
