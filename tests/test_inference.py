@@ -1,6 +1,7 @@
 """Inference from an export folder: Python interface and CLI against the in-memory model."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -75,20 +76,23 @@ def test_loaded_export_gives_identical_logits(quantized, loaded, clips):
     wavs, lens = pad_batch(clips)
     expected = _logits(model, wavs, lens)
     assert (loaded.compute_logits(wavs, lens) - expected).abs().max().item() == 0.0
-    scores, indices, labels = loaded.classify_batch(wavs, lens)
-    assert indices.tolist() == expected.argmax(dim=-1).tolist()
-    assert labels == [LABELS[i] for i in indices.tolist()]
-    assert torch.equal(scores, expected.softmax(dim=-1).max(dim=-1).values)
-    assert len(set(labels)) > 1, "the test head should not predict one class for every clip"
+    out_prob, score, index, text_lab = loaded.classify_batch(wavs, lens)
+    assert torch.equal(out_prob, expected.log_softmax(dim=-1))
+    assert index.tolist() == expected.argmax(dim=-1).tolist()
+    assert text_lab == [LABELS[i] for i in index.tolist()]
+    assert torch.equal(score, out_prob.max(dim=-1).values)
+    assert len(set(text_lab)) > 1, "the test head should not predict one class for every clip"
 
 
 def test_files_match_in_memory_model(quantized, loaded, wav_files, clips):
     model, _ = quantized
     expected = [LABELS[int(_logits(model, clip[None], None).argmax())] for clip in clips]
-    assert [loaded.classify_file(path)[0] for path in wav_files] == expected
+    assert [loaded.classify_file(path)[3][0] for path in wav_files] == expected
     results = loaded.classify_files(wav_files, batch_size=3)
-    assert [label for label, _ in results] == expected
-    assert all(0.0 < score <= 1.0 for _, score in results)
+    assert [text_lab[0] for _, _, _, text_lab in results] == expected
+    # the best of K log-posteriors lies in [log(1/K), 0]
+    assert all(score.shape == (1,) and -math.log(len(LABELS)) <= score.item() <= 0.0
+               for _, score, _, _ in results)
 
 
 def test_other_sample_rate_is_resampled(loaded, clips, tmp_path):
@@ -96,7 +100,7 @@ def test_other_sample_rate_is_resampled(loaded, clips, tmp_path):
     soundfile.write(path, torchaudio.functional.resample(clips[0], 16000, 44100).numpy(), 44100)
     wave = loaded.load_audio(path)
     assert abs(wave.shape[0] - clips[0].shape[0]) <= 1
-    assert loaded.classify_file(path)[0] in LABELS
+    assert loaded.classify_file(path)[3][0] in LABELS
 
 
 def test_bad_audio_files_are_reported_by_name(loaded, wav_files, tmp_path):
@@ -128,8 +132,8 @@ def test_cli_classifies_good_files_and_reports_bad_ones(quantized, loaded, wav_f
     lines = [line.split("\t") for line in done.stdout.splitlines()]
     assert [line[0] for line in lines] == wav_files
     expected = loaded.classify_files(wav_files)
-    assert [line[1] for line in lines] == [label for label, _ in expected]
-    assert [line[2] for line in lines] == [f"{score:.4f}" for _, score in expected]
+    assert [line[1] for line in lines] == [text_lab[0] for _, _, _, text_lab in expected]
+    assert [line[2] for line in lines] == [f"{score.exp().item():.4f}" for _, score, _, _ in expected]
     errors = [line.split("\t") for line in done.stderr.splitlines() if "\tERROR\t" in line]
     assert [error[0] for error in errors] == [str(corrupt), str(empty)]
 

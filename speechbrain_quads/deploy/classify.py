@@ -1,11 +1,14 @@
 """Classify audio files with an exported QUADS intent model.
 
-    python -m speechbrain_quads.deploy.classify MODEL_DIR FILE [FILE ...] [--batch-size 8] [--device cpu]
+    python -m speechbrain_quads.deploy.classify MODEL FILE [FILE ...] [--savedir DIR] [--batch-size 8]
+        [--device cpu]
 
-Prints ``FILE<TAB>INTENT<TAB>SCORE`` (softmax probability, 4 decimals) on stdout for each file, in
-the order given. A file that cannot be read or classified gets ``FILE<TAB>ERROR<TAB>REASON`` on
-stderr and the others go on. Exit status: 0 all files classified, 1 some file failed, 2 bad
-model folder or usage.
+MODEL is an export folder or a Hugging Face hub id (fetched into ``--savedir``). Prints
+``FILE<TAB>INTENT<TAB>SCORE`` on stdout for each file, in the order given: INTENT is ``text_lab``
+and SCORE is ``exp(score)`` of ``QuadsIntentClassifier.classify_file`` (the softmax probability of
+the intent, 4 decimals). A file that cannot be read or classified gets
+``FILE<TAB>ERROR<TAB>REASON`` on stderr and the others go on. Exit status: 0 all files classified,
+1 some file failed, 2 bad model or usage.
 """
 
 from __future__ import annotations
@@ -28,10 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "QUADS recipe (config.json + model.safetensors, packed or float32).",
         epilog="Output: FILE<TAB>INTENT<TAB>SCORE per file on stdout (SCORE = softmax probability "
                "of INTENT), in input order. Unreadable files: FILE<TAB>ERROR<TAB>REASON on stderr. "
-               "Exit status: 0 all classified, 1 some file failed, 2 bad model folder or usage.")
-    parser.add_argument("model_dir", metavar="MODEL_DIR", help="exported model folder")
+               "Exit status: 0 all classified, 1 some file failed, 2 bad model or usage.")
+    parser.add_argument("model", metavar="MODEL",
+                        help="exported model folder, or a Hugging Face hub id holding one")
     parser.add_argument("files", metavar="FILE", nargs="+",
                         help="audio files (any rate soundfile reads; resampled as needed)")
+    parser.add_argument("--savedir", default=None, metavar="DIR",
+                        help="where a hub model's files are linked (default: the hub cache)")
     parser.add_argument("--batch-size", type=int, default=8, metavar="N",
                         help="files classified together (default: %(default)s)")
     parser.add_argument("--device", default=None,
@@ -47,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     run_opts = {"device": args.device} if args.device else None
     try:
-        classifier = QuadsIntentClassifier.from_hparams(args.model_dir, run_opts=run_opts)
+        classifier = QuadsIntentClassifier.from_hparams(source=args.model, savedir=args.savedir,
+                                                        run_opts=run_opts)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: cannot load model: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -59,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{path}\tERROR\t{result.reason}", file=sys.stderr, flush=True)
                 status = EXIT_FILE_FAILED
             else:
-                print(f"{path}\t{result[0]}\t{result[1]:.4f}", flush=True)
+                _, score, _, text_lab = result
+                print(f"{path}\t{text_lab[0]}\t{score.exp().item():.4f}", flush=True)
     return status
 
 

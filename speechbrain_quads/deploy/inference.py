@@ -1,21 +1,23 @@
 """SpeechBrain-style inference for an exported QUADS intent classifier.
 
 An export folder (written by :func:`speechbrain_quads.deploy.export.export_model`) holds
-``config.json`` (labels, front-end settings, the student's WhisperConfig) and ``model.safetensors``
-(packed b-bit indices + codebooks, or a plain float32 state_dict). No ``hyperparams.yaml`` is
-needed: the architecture is rebuilt from ``config.json``, and packed weights dequantize to exactly
-the values the quantized model used in training, so the logits are identical.
+``config.json`` (labels, front-end settings, the student's WhisperConfig, the SHA-256 of the weights)
+and ``model.safetensors`` (packed b-bit indices + codebooks, or a plain float32 state_dict). No
+``hyperparams.yaml`` is needed: the architecture is rebuilt from ``config.json``, and packed weights
+dequantize to exactly the values the quantized model used in training, so the logits are identical.
+The folder is found like SpeechBrain's ``Pretrained.from_hparams`` finds its files (a local folder,
+a Hugging Face hub id or a URL, through ``speechbrain.utils.fetching.fetch``), and the results have
+``EncoderClassifier``'s shapes:
 
     from speechbrain_quads.deploy.inference import QuadsIntentClassifier
     classifier = QuadsIntentClassifier.from_hparams(source="results/slurp_4bit/model",
                                                     run_opts={"device": "cpu"})
-    label, score = classifier.classify_file("turn_on_the_lights.wav")
-    scores, indices, labels = classifier.classify_batch(wavs, wav_lens)
+    out_prob, score, index, text_lab = classifier.classify_file("turn_on_the_lights.wav")
+    out_prob, score, index, text_lab = classifier.classify_batch(wavs, wav_lens)
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,26 +25,28 @@ from pathlib import Path
 import soundfile
 import torch
 import torchaudio
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
+from huggingface_hub.utils import validate_repo_id
 from speechbrain.dataio.dataio import read_audio
 from speechbrain.inference.interfaces import Pretrained
 from speechbrain.utils.data_utils import batch_pad_right
+from speechbrain.utils.fetching import FetchConfig, FetchSource, LocalStrategy, fetch
 from speechbrain.utils.run_opts import RunOptions
 from torch import nn
 
-from speechbrain_quads.codebook.packing import FORMAT_NAME, load_packed_into
-from speechbrain_quads.deploy.export import FLOAT_FORMAT, MODEL_FORMAT
+from speechbrain_quads.deploy.export import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    load_weights,
+    read_config,
+    verify_model_file,
+)
 from speechbrain_quads.models.features import MIN_SAMPLES, WHISPER_SAMPLE_RATE
 from speechbrain_quads.models.heads import IntentClassifier
 from speechbrain_quads.models.whisper import WhisperStudent
 
-CONFIG_FILE = "config.json"
-MODEL_FILE = "model.safetensors"
-CONFIG_VERSION = 1
-CONFIG_TYPES = {"labels": list, "pad_to_30s": bool, "sampling_rate": int, "student_size": int,
-                "whisper_config": dict}
-"""Keys every export ``config.json`` must hold, with their JSON types."""
+Classification = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]
+"""``(out_prob (B, K) log-posteriors, score (B,) best log-posterior, index (B,) int64, text_lab)``,
+as ``speechbrain.inference.classifiers.EncoderClassifier.classify_batch`` returns."""
 
 
 class AudioFileError(ValueError):
@@ -59,126 +63,159 @@ class AudioFileError(ValueError):
         self.reason = reason
 
 
-def read_export_config(folder: str | Path) -> dict:
-    """Read and check the ``config.json`` of an export folder.
-
-    Raises:
-        FileNotFoundError: ``folder`` is not a directory, or lacks ``config.json`` or
-            ``model.safetensors`` (the message names the missing file).
-        ValueError: ``config.json`` is not JSON, not a QUADS model config, or misses a key.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
+def _check_source(source: str | FetchSource) -> None:
+    """FileNotFoundError naming ``source`` if it can be neither a local export folder (one that
+    holds both files) nor a remote one (a Hugging Face hub id or a URL)."""
+    if isinstance(source, FetchSource) or source.startswith(("http:", "https:")):
+        return
+    folder = Path(source)
+    if folder.is_dir():
+        for name in (CONFIG_FILE, MODEL_FILE):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder / name}: missing; {folder} is not an exported "
+                                        f"QUADS model folder ({CONFIG_FILE} + {MODEL_FILE})")
+        return
+    if folder.exists():
         raise FileNotFoundError(f"{folder}: not a directory (expected an exported model folder "
                                 f"holding {CONFIG_FILE} and {MODEL_FILE})")
-    for name in (CONFIG_FILE, MODEL_FILE):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder / name}: missing; {folder} is not an exported QUADS "
-                                    "model folder")
-    path = folder / CONFIG_FILE
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
-        found = config.get("format") if isinstance(config, dict) else type(config).__name__
-        raise ValueError(f"{path}: format is {found!r}, expected {MODEL_FORMAT!r}")
-    if config.get("version") != CONFIG_VERSION:
-        raise ValueError(f"{path}: unsupported version {config.get('version')!r} "
-                         f"(this reader knows {CONFIG_VERSION})")
-    for key, kind in CONFIG_TYPES.items():
-        if not isinstance(config.get(key), kind):
-            raise ValueError(f"{path}: key {key!r} is missing or not a JSON {kind.__name__}")
-    labels = config["labels"]
-    if len(labels) < 2 or not all(isinstance(label, str) for label in labels):
-        raise ValueError(f"{path}: 'labels' must list at least 2 intent strings")
-    return config
+        validate_repo_id(source)
+    except ValueError:
+        raise FileNotFoundError(f"{source}: no such folder, and not a Hugging Face hub id (expected "
+                                f"an exported model folder holding {CONFIG_FILE} and "
+                                f"{MODEL_FILE})") from None
 
 
-def _file_format(path: Path) -> str | None:
-    """The ``format`` entry of a safetensors file's header metadata (None if absent)."""
+def _fetch(filename: str, source: str | FetchSource, savedir: str | Path | None,
+           local_strategy: LocalStrategy, fetch_config: FetchConfig) -> Path:
+    """``speechbrain.utils.fetching.fetch`` of one export file, with errors that name it."""
     try:
-        with safe_open(path, framework="pt") as handle:
-            return (handle.metadata() or {}).get("format")
-    except (SafetensorError, OSError) as error:
-        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
+        path = Path(fetch(filename, source=source, savedir=savedir, local_strategy=local_strategy,
+                          fetch_config=fetch_config))
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(f"{source}: fetching {filename} failed ({type(error).__name__}: "
+                                f"{error})") from None
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: fetched {filename} from {source}, but it is not a file")
+    return path
 
 
-def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load an export's ``model.safetensors`` (packed or float32) into a plain ``model``.
+def fetch_export(source: str | Path | FetchSource, savedir: str | Path | None = None,
+                 local_strategy: LocalStrategy = LocalStrategy.SYMLINK,
+                 fetch_config: FetchConfig | None = None) -> tuple[dict, Path]:
+    """Fetch and check an export: ``config.json`` first, then ``model.safetensors``, verified
+    against the config's ``model_sha256`` before anything parses it.
 
-    Returns:
-        ``model``; packed weights hold ``codebook[indices]`` exactly.
+    Arguments
+    ---------
+    source : str, Path or FetchSource
+        A local export folder, a Hugging Face hub id (``owner/name``) or a URL folder, as in
+        ``speechbrain.utils.fetching.fetch``.
+    savedir : str or Path, optional
+        Where the files are linked or copied (``local_strategy``); needed for URLs. Without it a
+        local folder is read in place and hub files from the Hugging Face cache.
+    local_strategy, fetch_config
+        Passed to ``fetch``.
 
-    Raises:
-        ValueError: naming the file, if it is foreign, corrupt or does not fit ``model``.
+    Returns
+    -------
+    (config, model_path)
+        The checked ``config.json`` entries and the local path of ``model.safetensors``.
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the source and file, if a file cannot be found or fetched.
+    ValueError
+        Naming the file (and key), if ``config.json`` is invalid or ``model.safetensors`` does not
+        match its checksum (zeroed, truncated, bit-flipped or from another export).
     """
-    path = Path(path)
-    found = _file_format(path)
-    if found == FORMAT_NAME:
-        return load_packed_into(model, path)
-    if found != FLOAT_FORMAT:
-        raise ValueError(f"{path}: header metadata format is {found!r}, expected {FORMAT_NAME!r} "
-                         f"(packed) or {FLOAT_FORMAT!r}")
+    if not isinstance(source, FetchSource):
+        source = str(source)
+    _check_source(source)
+    args = (source, savedir, local_strategy, fetch_config or FetchConfig())
+    config_path = _fetch(CONFIG_FILE, *args)
+    config = read_config(config_path)
+    model_path = _fetch(MODEL_FILE, *args)
+    verify_model_file(config, model_path, config_path)
+    return config, model_path
+
+
+def build_model(config: dict, model_path: str | Path) -> nn.ModuleDict:
+    """``{"student": WhisperStudent, "classifier": IntentClassifier}`` rebuilt from checked
+    ``config`` entries, with the weights of ``model_path`` loaded (training mode; call ``eval()``)."""
     try:
-        model.load_state_dict(load_file(path), strict=True)
-    except RuntimeError as error:
-        raise ValueError(f"{path}: does not fit the model described by {CONFIG_FILE} "
-                         f"({error})") from None
-    return model
-
-
-def load_export(folder: str | Path) -> tuple[nn.ModuleDict, dict]:
-    """Rebuild an exported model: ``({"student": WhisperStudent, "classifier":
-    IntentClassifier}, config)``, weights loaded, in training mode (call ``eval()``)."""
-    config = read_export_config(folder)
-    student = WhisperStudent.from_config(config["whisper_config"], pad_to_30s=config["pad_to_30s"],
-                                         sampling_rate=config["sampling_rate"])
+        student = WhisperStudent.from_config(config["whisper_config"],
+                                             pad_to_30s=config["pad_to_30s"],
+                                             sampling_rate=config["sampling_rate"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{CONFIG_FILE} for {model_path}: whisper_config does not build a Whisper "
+                         f"encoder ({error})") from None
     classifier = IntentClassifier(config["student_size"], len(config["labels"]))
     model = nn.ModuleDict({"student": student, "classifier": classifier})
-    load_weights(model, Path(folder) / MODEL_FILE)
-    return model, config
+    return load_weights(model, model_path)
+
+
+def load_export(source: str | Path | FetchSource,
+                savedir: str | Path | None = None) -> tuple[nn.ModuleDict, dict]:
+    """Rebuild an exported model (see :func:`fetch_export` for ``source`` and ``savedir``):
+    ``({"student": WhisperStudent, "classifier": IntentClassifier}, config)``, weights loaded,
+    in training mode (call ``eval()``)."""
+    config, model_path = fetch_export(source, savedir)
+    return build_model(config, model_path), config
 
 
 class QuadsIntentClassifier(Pretrained):
-    """A ready-to-use spoken intent classifier loaded from a QUADS export folder.
+    """A ready-to-use spoken intent classifier loaded from a QUADS export, with the interface of
+    SpeechBrain's ``EncoderClassifier`` (``classify_batch`` / ``classify_file`` / ``forward``).
 
     Build it with :meth:`from_hparams` (or its alias :meth:`from_pretrained`). The modules are
     ``self.mods.student`` (:class:`WhisperStudent`) and ``self.mods.classifier``
-    (:class:`IntentClassifier`); ``self.hparams`` holds the export's ``config.json`` entries.
+    (:class:`IntentClassifier`); ``self.hparams`` holds ``labels``, ``sampling_rate``,
+    ``pad_to_30s`` and ``bits`` from the export's ``config.json``.
 
     Example
     -------
-    >>> classifier = QuadsIntentClassifier.from_hparams("results/model")  # doctest: +SKIP
-    >>> classifier.classify_file("play_jazz.wav")  # doctest: +SKIP
-    ('play_music', 0.93)
+    >>> classifier = QuadsIntentClassifier.from_hparams(source="results/model")  # doctest: +SKIP
+    >>> out_prob, score, index, text_lab = classifier.classify_file("play_jazz.wav")  # doctest: +SKIP
+    >>> text_lab, score.exp()  # doctest: +SKIP
+    (['play_music'], tensor([0.9300]))
     """
 
     MODULES_NEEDED = ["student", "classifier"]
     HPARAMS_NEEDED = ["labels", "sampling_rate", "pad_to_30s"]
 
     @classmethod
-    def from_hparams(cls, source: str | Path, run_opts: dict | RunOptions | None = None,
-                     freeze_params: bool = True) -> QuadsIntentClassifier:
-        """Load the export folder ``source``.
+    def from_hparams(cls, source: str | Path | FetchSource, savedir: str | Path | None = None,
+                     run_opts: dict | RunOptions | None = None, freeze_params: bool = True,
+                     local_strategy: LocalStrategy = LocalStrategy.SYMLINK,
+                     fetch_config: FetchConfig | None = None) -> QuadsIntentClassifier:
+        """Fetch and load an export, as ``Pretrained.from_hparams`` does for a SpeechBrain model.
 
         Arguments
         ---------
-        source : str or Path
-            A folder written by ``export_model`` (``config.json`` + ``model.safetensors``).
+        source : str, Path or FetchSource
+            A folder written by ``export_model`` (``config.json`` + ``model.safetensors``), a
+            Hugging Face hub id holding those two files, or a URL folder (needs ``savedir``).
+        savedir : str or Path, optional
+            Where the fetched files are linked or copied; not needed for a local folder. Files
+            already there are used as they are unless ``fetch_config.overwrite`` (SpeechBrain's rule).
         run_opts : dict or RunOptions, optional
             SpeechBrain run options, e.g. ``{"device": "cuda:0"}`` (default: best device found).
         freeze_params : bool
             Put the modules in eval mode and stop their gradients (the usual for inference).
+        local_strategy, fetch_config
+            Passed to ``speechbrain.utils.fetching.fetch`` (symlink or copy into ``savedir``,
+            revision, token, offline use, ...).
 
         Raises
         ------
         FileNotFoundError, ValueError
-            Naming the file, if ``source`` is not a readable export folder.
+            Naming the source or file (and config key), if ``source`` is not a readable export.
         """
-        model, config = load_export(source)
-        hparams = {key: config[key] for key in ("labels", "sampling_rate", "pad_to_30s", "bits")
-                   if key in config}
+        config, model_path = fetch_export(source, savedir, local_strategy, fetch_config)
+        model = build_model(config, model_path)
+        hparams = {key: config[key] for key in ("labels", "sampling_rate", "pad_to_30s", "bits")}
         return cls(modules=dict(model.items()), hparams=hparams, run_opts=run_opts,
                    freeze_params=freeze_params)
 
@@ -206,36 +243,44 @@ class QuadsIntentClassifier(Pretrained):
         hidden, frame_lens = self.mods.student(wavs, wav_lens)
         return self.mods.classifier(hidden[-1], frame_lens)
 
-    def classify_batch(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None) -> tuple:
-        """Classify a batch of waveforms.
+    def classify_batch(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None) -> Classification:
+        """Classify a batch of waveforms; returns what ``EncoderClassifier.classify_batch`` does.
 
         Arguments
         ---------
         wavs : torch.Tensor
-            (B, T) waveforms at :attr:`sampling_rate` Hz, zero-padded to the longest.
+            (B, T) waveforms at :attr:`sampling_rate` Hz, zero-padded to the longest, or one (T,).
         wav_lens : torch.Tensor, optional
             (B,) lengths relative to T, in (0, 1]; None means all full length.
 
         Returns
         -------
-        scores : torch.Tensor
-            (B,) softmax probability of the predicted intent.
-        indices : torch.Tensor
-            (B,) int64 index of the predicted intent.
-        labels : list of str
-            The B predicted intents.
-        """
-        scores, indices = self.compute_logits(wavs, wav_lens).softmax(dim=-1).max(dim=-1)
-        return scores, indices, [self.labels[i] for i in indices.tolist()]
+        out_prob : torch.Tensor
+            (B, n_intents) log posterior probabilities (log-softmax of the logits).
+        score : torch.Tensor
+            (B,) log posterior of the best intent (``score.exp()`` is its probability).
+        index : torch.Tensor
+            (B,) int64 index of the best intent in :attr:`labels`.
+        text_lab : list of str
+            The B best intents.
 
-    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None) -> tuple:
+        Raises
+        ------
+        ValueError
+            If a waveform is shorter than 25 ms, not finite, or longer than the model accepts.
+        """
+        out_prob = self.compute_logits(wavs, wav_lens).log_softmax(dim=-1)
+        score, index = torch.max(out_prob, dim=-1)
+        return out_prob, score, index, [self.labels[i] for i in index.tolist()]
+
+    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None) -> Classification:
         """Same as :meth:`classify_batch` (SpeechBrain's convention)."""
         return self.classify_batch(wavs, wav_lens)
 
     def load_audio(self, path: str | Path) -> torch.Tensor:
-        """Read an audio file as a mono (T,) float32 waveform at :attr:`sampling_rate` Hz.
+        """Read a local audio file as a mono (T,) float32 waveform at :attr:`sampling_rate` Hz.
 
-        Channels are averaged; other sample rates are resampled.
+        Channels are averaged; a file at another sample rate is resampled to :attr:`sampling_rate`.
 
         Raises
         ------
@@ -252,23 +297,35 @@ class QuadsIntentClassifier(Pretrained):
         if wave.dim() == 2:
             wave = wave.mean(dim=-1)
         wave = wave.float()
-        if rate != self.sampling_rate and wave.numel():
+        if wave.numel() == 0:
+            raise AudioFileError(path, "no audio samples (empty recording)")
+        if rate != self.sampling_rate:
             wave = torchaudio.functional.resample(wave, rate, self.sampling_rate)
         shortest = math.ceil(MIN_SAMPLES * self.sampling_rate / WHISPER_SAMPLE_RATE)
         if wave.numel() < shortest:
-            raise AudioFileError(path, f"{wave.numel() / self.sampling_rate:.3f} s of audio; at "
-                                       f"least {MIN_SAMPLES / WHISPER_SAMPLE_RATE:.3f} s is needed")
+            raise AudioFileError(path, f"{wave.numel() / self.sampling_rate * 1000:.1f} ms of audio; "
+                                       f"at least {MIN_SAMPLES / WHISPER_SAMPLE_RATE * 1000:.0f} ms "
+                                       "is needed")
         if not torch.isfinite(wave).all():
             raise AudioFileError(path, "contains NaN or infinite samples")
         return wave
 
-    def classify_file(self, path: str | Path) -> tuple[str, float]:
-        """Classify one audio file -> (intent, softmax probability of that intent).
+    def classify_file(self, path: str | Path) -> Classification:
+        """Classify one audio file, as ``EncoderClassifier.classify_file`` does.
+
+        The file may be at any sample rate soundfile reads (resampled to :attr:`sampling_rate`)
+        and have any number of channels (averaged).
+
+        Returns
+        -------
+        (out_prob, score, index, text_lab)
+            As :meth:`classify_batch` for a batch of one: shapes (1, n_intents), (1,), (1,) and a
+            one-label list.
 
         Raises
         ------
         AudioFileError
-            If the file cannot be read or classified.
+            If the file cannot be read or classified (missing, empty, under 25 ms, ...).
         """
         result = self.classify_files([path], batch_size=1)[0]
         if isinstance(result, AudioFileError):
@@ -276,23 +333,23 @@ class QuadsIntentClassifier(Pretrained):
         return result
 
     def classify_files(self, paths: Sequence[str | Path],
-                       batch_size: int = 8) -> list[tuple[str, float] | AudioFileError]:
+                       batch_size: int = 8) -> list[Classification | AudioFileError]:
         """Classify audio files, ``batch_size`` at a time; a bad file does not stop the others.
 
         Returns
         -------
         list
-            One entry per path, in order: ``(intent, probability)``, or the file's
+            One entry per path, in order: the file's :meth:`classify_file` result, or its
             :class:`AudioFileError`.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        results: list[tuple[str, float] | AudioFileError] = []
+        results: list[Classification | AudioFileError] = []
         for start in range(0, len(paths), batch_size):
             results.extend(self._classify_chunk(paths[start:start + batch_size]))
         return results
 
-    def _classify_chunk(self, paths: Sequence[str | Path]) -> list[tuple[str, float] | AudioFileError]:
+    def _classify_chunk(self, paths: Sequence[str | Path]) -> list[Classification | AudioFileError]:
         """Read ``paths`` and classify the readable ones as one batch."""
         results: list = []
         waves: dict[int, torch.Tensor] = {}
@@ -308,13 +365,14 @@ class QuadsIntentClassifier(Pretrained):
         return results
 
     def _classify_waves(self, paths: Sequence[str | Path],
-                        waves: dict[int, torch.Tensor]) -> list[tuple[str, float] | AudioFileError]:
-        """Classify waveforms {index in paths: (T_i,)} as one batch; if the batch fails, one by
-        one, so that only the offending file (e.g. longer than the model accepts) gets the error."""
+                        waves: dict[int, torch.Tensor]) -> list[Classification | AudioFileError]:
+        """Classify waveforms {index in paths: (T_i,)} as one batch, split per file; if the batch
+        fails, one by one, so that only the offending file (e.g. too long) gets the error."""
         try:
             batch, lens = batch_pad_right(list(waves.values()))
-            scores, _, labels = self.classify_batch(batch, lens)
-            return list(zip(labels, scores.tolist(), strict=True))
+            out_prob, score, index, text_lab = self.classify_batch(batch, lens)
+            return [(out_prob[i:i + 1], score[i:i + 1], index[i:i + 1], text_lab[i:i + 1])
+                    for i in range(len(waves))]
         except ValueError as error:
             if len(waves) == 1:
                 return [AudioFileError(paths[next(iter(waves))], str(error))]
