@@ -14,6 +14,10 @@ import torch
 import torchaudio
 from conftest import SENTENCES, pad_batch
 from speech import synthesize_clips
+from speechbrain.dataio.encoder import CategoricalEncoder
+from speechbrain.inference.classifiers import EncoderClassifier
+from speechbrain.lobes.features import Fbank
+from speechbrain.utils.data_utils import batch_pad_right
 from torch import nn
 
 from speechbrain_quads.codebook.quantization import QuantizationConfig, quantize_
@@ -95,11 +99,22 @@ def test_files_match_in_memory_model(quantized, loaded, wav_files, clips):
                for _, score, _, _ in results)
 
 
-def test_other_sample_rate_is_resampled(loaded, clips, tmp_path):
-    path = tmp_path / "clip_44k.wav"
-    soundfile.write(path, torchaudio.functional.resample(clips[0], 16000, 44100).numpy(), 44100)
+@pytest.mark.parametrize("rate", [8000, 44100])
+def test_other_sample_rate_is_resampled(loaded, clips, tmp_path, rate):
+    path = tmp_path / f"clip_{rate}.wav"
+    soundfile.write(path, torchaudio.functional.resample(clips[0], 16000, rate).numpy(), rate)
     wave = loaded.load_audio(path)
     assert abs(wave.shape[0] - clips[0].shape[0]) <= 1
+    assert loaded.classify_file(path)[3][0] in LABELS
+
+
+@pytest.mark.parametrize(("rate", "ms"), [(16000, 24), (44100, 20), (8000, 10)])
+def test_audio_under_25_ms_is_refused(loaded, clips, tmp_path, rate, ms):
+    path = tmp_path / "short.wav"
+    soundfile.write(path, clips[0][: rate * ms // 1000].numpy(), rate)
+    with pytest.raises(AudioFileError, match=r"short\.wav: .* ms of audio; at least 25 ms"):
+        loaded.classify_file(path)
+    soundfile.write(path, clips[0][: rate * 30 // 1000].numpy(), rate)
     assert loaded.classify_file(path)[3][0] in LABELS
 
 
@@ -113,14 +128,20 @@ def test_bad_audio_files_are_reported_by_name(loaded, wav_files, tmp_path):
     for path in (corrupt, empty, silent, tmp_path / "missing.wav"):
         with pytest.raises(AudioFileError, match=path.name):
             loaded.classify_file(path)
+    with pytest.raises(AudioFileError, match="no audio samples"):
+        loaded.classify_file(silent)
     results = loaded.classify_files([wav_files[0], str(corrupt), wav_files[1], str(empty)])
     assert [isinstance(r, AudioFileError) for r in results] == [False, True, False, True]
 
 
-def test_cli_classifies_good_files_and_reports_bad_ones(quantized, loaded, wav_files, tmp_path):
-    corrupt = tmp_path / "corrupt.wav"
+@pytest.fixture(scope="module")
+def cli_run(quantized, wav_files, tmp_path_factory) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """The classify CLI on the good files with a corrupt and an empty one between them; returns
+    the finished process and the two bad paths."""
+    folder = tmp_path_factory.mktemp("bad_audio")
+    corrupt = folder / "corrupt.wav"
     corrupt.write_bytes(os.urandom(4000))
-    empty = tmp_path / "empty.wav"
+    empty = folder / "empty.wav"
     empty.write_bytes(b"")
     files = [wav_files[0], str(corrupt), *wav_files[1:3], str(empty), wav_files[3]]
     done = subprocess.run(
@@ -128,6 +149,11 @@ def test_cli_classifies_good_files_and_reports_bad_ones(quantized, loaded, wav_f
          "--batch-size", "2", "--device", "cpu"],
         capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
         timeout=120)
+    return done, [str(corrupt), str(empty)]
+
+
+def test_cli_classifies_good_files_and_reports_bad_ones(cli_run, loaded, wav_files):
+    done, bad = cli_run
     assert done.returncode == 1, done.stderr
     lines = [line.split("\t") for line in done.stdout.splitlines()]
     assert [line[0] for line in lines] == wav_files
@@ -135,7 +161,52 @@ def test_cli_classifies_good_files_and_reports_bad_ones(quantized, loaded, wav_f
     assert [line[1] for line in lines] == [text_lab[0] for _, _, _, text_lab in expected]
     assert [line[2] for line in lines] == [f"{score.exp().item():.4f}" for _, score, _, _ in expected]
     errors = [line.split("\t") for line in done.stderr.splitlines() if "\tERROR\t" in line]
-    assert [error[0] for error in errors] == [str(corrupt), str(empty)]
+    assert [error[0] for error in errors] == bad
+
+
+def _predict_like_encoder_classifier(classifier, files: list[str], n_classes: int) -> list[str]:
+    """Code written against ``speechbrain.inference.classifiers.EncoderClassifier``: load, pad,
+    ``classify_batch``, unpack its 4-tuple, and check what its docstring promises."""
+    batch, lens = batch_pad_right([classifier.load_audio(path) for path in files])
+    out_prob, score, index, text_lab = classifier.classify_batch(batch, lens)
+    assert out_prob.shape == (len(files), n_classes) and score.shape == index.shape == (len(files),)
+    assert torch.allclose(out_prob.exp().sum(dim=-1), torch.ones(len(files)), atol=1e-5)
+    assert torch.equal(score, out_prob.max(dim=-1).values)
+    assert torch.equal(index, out_prob.argmax(dim=-1)) and index.dtype == torch.int64
+    single = classifier.classify_file(files[0])
+    assert len(single) == 4 and single[0].shape == (1, n_classes) and single[3] == text_lab[:1]
+    assert isinstance(text_lab, list) and all(isinstance(label, str) for label in text_lab)
+    return text_lab
+
+
+class _Pool(nn.Module):
+    """(B, T, F) features, (B,) lengths -> (B, 1, F) mean (an embedding_model for the reference)."""
+
+    def forward(self, feats: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        return feats.mean(dim=1, keepdim=True)
+
+
+class _Identity(nn.Module):
+    """A mean_var_norm that leaves (B, T, F) features as they are."""
+
+    def forward(self, feats: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        return feats
+
+
+def test_encoder_classifier_code_runs_unchanged_and_agrees_with_cli(loaded, wav_files, cli_run):
+    encoder = CategoricalEncoder()
+    encoder.update_from_iterable(LABELS)
+    encoder.expect_len(len(LABELS))
+    reference = EncoderClassifier(
+        modules={"compute_features": Fbank(n_mels=20), "mean_var_norm": _Identity(),
+                 "embedding_model": _Pool(),
+                 "classifier": nn.Sequential(nn.Linear(20, len(LABELS)), nn.LogSoftmax(dim=-1))},
+        hparams={"label_encoder": encoder}, run_opts={"device": "cpu"})
+    assert set(_predict_like_encoder_classifier(reference, wav_files, len(LABELS))) <= set(LABELS)
+    labels = _predict_like_encoder_classifier(loaded, wav_files, len(LABELS))
+    printed = [line.split("\t")[1] for line in cli_run[0].stdout.splitlines()]
+    assert labels == printed
+    assert len(set(labels)) > 1
 
 
 def test_cli_bad_model_folder_exits_2(tmp_path, wav_files):
