@@ -1,101 +1,185 @@
-"""SpeechBrain ``Brain`` classes for QUADS: distillation, quantization and their alternation (MCT).
+"""SpeechBrain ``Brain`` classes for QUADS, one responsibility each.
+
+- :class:`PhaseBrain` (the base): the epoch-by-epoch phase plan, one optimizer per phase kind,
+  gradient clipping over every optimized parameter, loss-term tallies, and resumption from any
+  checkpoint. It calls nothing that only a subclass defines.
+- :class:`DistillationBrain`: distils a Whisper student + intent head from a frozen Whisper teacher
+  (distillation phases only).
+- :class:`QuantizationBrain`: trains k-means codebooks of the deployable weights in quantization
+  phases, on top of any task Brain's own ``compute_forward`` / ``compute_objectives``: put it first
+  in the bases, ``class MyQuantizedBrain(QuantizationBrain, MyBrain)``.
+- :class:`MCTBrain` = QuantizationBrain + DistillationBrain: multi-stage combined training, the
+  alternation of both phase kinds and the transitions between them.
 
 Modules (``modules:`` in the hparams): ``student`` (WhisperStudent), ``classifier``
-(IntentClassifier), ``teacher`` (WhisperTeacher; not needed by QuantizationBrain unless
-``quant_distill_weight > 0``) and ``distill`` (FeatureDistillation).
-Batches carry ``id``, ``sig`` (waveforms, relative lengths) and ``intent_encoded``.
+(IntentClassifier), ``teacher`` (WhisperTeacher) and ``distill`` (FeatureDistillation). Every
+module but ``teacher`` and ``distill`` is deployable (what the quantizer and the export see).
+Batches carry ``id``, ``sig`` (waveforms, relative lengths) and ``intent_encoded``. The loss terms
+are in :mod:`speechbrain_quads.training.losses`.
 
-Losses, per phase:
+Phase transitions happen at the first epoch of a phase, computed from the epoch number alone:
+entering a quantization phase re-clusters the codebooks from the latent weights, warm-started
+from the current codebook (or keeps them with ``recluster: false``, the official code's
+behaviour) and resets the quantization optimizer. Leaving one switches the quantizer off:
+distillation goes on training the full-precision latent weights, as in the official code.
+``commit_after_quant: true`` instead writes the quantized values into the latent weights first;
+measured on the demo corpus this traps the model on its first codebook grid.
 
-- distillation: ``alpha * L1(student, teacher) + (1 - alpha) * CE``.
-- quantization: ``centroid_weight * L_centroid + CE + quant_distill_weight * L1`` where
-  ``L_centroid = ||W - C[idx]||^2 / ||W||^2`` is the relative squared error between the latent
-  (full-precision) weights and their assigned centroids: it anchors the trained codebook to the
-  clusters of the distilled weights while CE moves the centroids (dimensionless, about 1e-2 at
-  4 bits).
-
-Phase transitions happen at the first epoch of a phase, computed from the epoch number alone, so a
-run resumed from a checkpoint repeats exactly what an uninterrupted run does: entering a
-quantization phase re-clusters the codebooks from the latent weights, warm-started from the
-current codebook (or keeps them with ``recluster: false``, the official code's behaviour) and
-resets the quantization optimizer. Leaving one switches the quantizer off: distillation goes on
-training the full-precision latent weights, as in the official code, where weights stay full
-precision and the codebook follows them. ``commit_after_quant: true`` instead writes the
-quantized values into the latent weights first; measured on the demo corpus this traps the
-model on its first codebook grid (distillation's small steps cannot leave it).
+Transitions change checkpointed state only (codebook buffers, optimizer state), so a run resumed
+from an end-of-epoch checkpoint repeats exactly what the uninterrupted run did, and a run resumed
+from an intra-epoch checkpoint (``ckpt_interval_steps`` / ``ckpt_interval_minutes``; SpeechBrain
+then restores ``step > 0``) does not repeat them: it only re-applies the per-epoch settings
+(learning rates, which weights train, the latent power) and keeps the epoch's loss-term tallies.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import speechbrain as sb
 import torch
 from torch import nn
 
 from speechbrain_quads.codebook.packing import size_report
+from speechbrain_quads.codebook.quantization import quantized_modules
 from speechbrain_quads.evaluation.metrics import accuracy, macro_f1
 from speechbrain_quads.models.features import lengths_to_samples
-from speechbrain_quads.training.losses import distillation_objective
-from speechbrain_quads.training.schedule import DISTILL, QUANT, PhasePlan
+from speechbrain_quads.training.losses import (
+    centroid_loss,
+    classification_loss,
+    distillation_objective,
+    distilled_task_loss,
+    latent_power,
+    quantization_objective,
+)
+from speechbrain_quads.training.schedule import DISTILL, QUANT, EpochPhase, PhasePlan
 
 
-class DistillationBrain(sb.Brain):
-    """Distil a Whisper student (+ intent head) from a frozen Whisper teacher.
+@sb.utils.checkpoints.register_checkpoint_hooks
+class StageTally:
+    """Running sums of named loss terms and per-utterance records of the current stage.
 
-    hparams used: ``alpha``, ``distill_opt_class`` (``!name:`` optimizer taking param groups),
-    ``distill_lr_encoder``, ``distill_lr_head``, ``epoch_counter``, optional ``teacher_cache``
-    (TeacherCache), ``augmentation`` (callable (wavs, lens) -> (wavs, lens) applied to the
-    student's input only; the teacher always sees the clean waveform) and ``train_logger``.
+    A recoverable: an intra-epoch checkpoint keeps it, so a resumed epoch logs the same means as
+    the uninterrupted one.
     """
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.records: dict[str, list] = {}
+
+    def reset(self) -> None:
+        """Forget everything (a new stage)."""
+        self.sums, self.counts, self.records = {}, {}, {}
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        """Add one batch's 0-dim loss terms."""
+        for key, value in terms.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value.detach())
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def extend(self, key: str, values: list) -> None:
+        """Append per-utterance values (JSON types) to record ``key``."""
+        self.records.setdefault(key, []).extend(values)
+
+    def means(self) -> dict[str, float]:
+        """Mean of every term over the batches that reported it."""
+        return {key: total / self.counts[key] for key, total in self.sums.items()}
+
+    @sb.utils.checkpoints.mark_as_saver
+    def save(self, path: Path) -> None:
+        """Write the tally as JSON (floats round-trip exactly)."""
+        state = {"sums": self.sums, "counts": self.counts, "records": self.records}
+        Path(path).write_text(json.dumps(state), encoding="utf-8")
+
+    @sb.utils.checkpoints.mark_as_loader
+    def load(self, path: Path, end_of_epoch: bool) -> None:
+        """Read a tally written by :meth:`save`."""
+        del end_of_epoch  # a new stage resets it anyway
+        state = json.loads(Path(path).read_text(encoding="utf-8"))
+        self.sums, self.counts, self.records = state["sums"], state["counts"], state["records"]
+
+
+def codebook_ids(model: nn.Module) -> set[int]:
+    """``id``s of the codebook centroid parameters inside ``model``."""
+    return {id(codebook.centroids) for _, codebook in quantized_modules(model).values()}
+
+
+class PhaseBrain(sb.Brain):
+    """A Brain whose epochs follow a :class:`PhasePlan`, with one optimizer per phase kind.
+
+    hparams used: ``phase_plan`` (unless a subclass fixes the plan), ``max_grad_norm`` (clips the
+    norm over every parameter of the stepping optimizer). ``fit`` needs an ``EpochCounter``.
+    """
+
+    HEAD_MODULES: tuple[str, ...] = ()
+    """Modules trained at the head learning rates (the other trainable ones at the body rates)."""
+    TRAINING_ONLY: tuple[str, ...] = ("teacher", "distill")
+    """Modules used in training but not deployed (neither quantized nor exported)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.deployable = nn.ModuleDict({"student": self.modules.student,
-                                         "classifier": self.modules.classifier})
-        self.cache = getattr(self.hparams, "teacher_cache", None)
-        if self.cache is not None and "teacher" in self.modules:
-            self.cache.bind(self.modules.teacher)
-        self.plan = self.build_plan()
-        self.phase = self.plan[1]
+        self.deployable = nn.ModuleDict({name: module for name, module in self.modules.items()
+                                         if name not in self.TRAINING_ONLY})
+        self.plan: PhasePlan | None = None
+        self.phase: EpochPhase | None = None
+        self.tally = StageTally()
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable("tally", self.tally, optional_load=True)
 
     # ----------------------------------------------------------------------------- the plan
-    def build_plan(self) -> PhasePlan:
-        """Every epoch distils."""
-        return PhasePlan("distill_only", iterations=1, distill_epochs=self.hparams.epoch_counter.limit,
-                         quant_epochs=0, final_quant_epochs=0)
+    def build_plan(self, epochs: int) -> PhasePlan:
+        """The plan of a run of ``epochs`` epochs: ``hparams.phase_plan``."""
+        return self.hparams.phase_plan
 
-    def on_fit_start(self):
-        """Check the plan covers the epoch counter, then build optimizers and recover."""
-        limit = self.hparams.epoch_counter.limit
-        if self.plan.total_epochs != limit:
+    def fit(self, epoch_counter, train_set, valid_set=None, *args, **kwargs):
+        """Build the plan for ``epoch_counter.limit`` epochs, check it, then SpeechBrain's fit."""
+        self.plan = self.build_plan(epoch_counter.limit)
+        if self.plan.total_epochs != epoch_counter.limit:
             raise ValueError(f"the phase plan has {self.plan.total_epochs} epochs but "
-                             f"epoch_counter.limit (number_of_epochs) is {limit}")
-        super().on_fit_start()
+                             f"epoch_counter.limit (number_of_epochs) is {epoch_counter.limit}")
+        super().fit(epoch_counter, train_set, valid_set, *args, **kwargs)
+
+    def on_stage_start(self, stage, epoch=None):
+        """Reset the tally (kept when resuming inside an epoch); enter the epoch's phase."""
+        resumed = stage == sb.Stage.TRAIN and self.step > 0
+        if not resumed:
+            self.tally.reset()
+        if stage == sb.Stage.TRAIN:
+            self.enter_phase(self.plan[epoch], resumed)
+        super().on_stage_start(stage, epoch)
+
+    def enter_phase(self, phase: EpochPhase, resumed: bool) -> None:
+        """Make model and optimizers match ``phase``; ``resumed``: the epoch already started
+        before an intra-epoch checkpoint, so its transition is in the recovered state."""
+        self.phase = phase
 
     # ----------------------------------------------------------------------------- optimizers
-    def _codebook_ids(self) -> set[int]:
-        return set()
+    def parameter_groups(self, skip: set[int]) -> tuple[list, list]:
+        """(body, head) trainable parameters of every module but the teacher, ``skip`` ids left
+        out; head = ``HEAD_MODULES``."""
+        body, head = [], []
+        for name, module in self.modules.items():
+            if name == "teacher":
+                continue
+            group = head if name in self.HEAD_MODULES else body
+            group.extend(p for p in module.parameters() if p.requires_grad and id(p) not in skip)
+        return body, head
 
-    def make_distill_optimizer(self) -> torch.optim.Optimizer:
-        """Encoder weights at ``distill_lr_encoder``, head and projections at ``distill_lr_head``."""
-        skip = self._codebook_ids()
-        encoder = [p for p in self.modules.student.parameters()
-                   if p.requires_grad and id(p) not in skip]
-        head = [p for name in ("classifier", "distill") if name in self.modules
-                for p in self.modules[name].parameters() if p.requires_grad]
-        return self.hparams.distill_opt_class([
-            {"params": encoder, "lr": self.hparams.distill_lr_encoder},
-            {"params": head, "lr": self.hparams.distill_lr_head}])
+    def make_optimizers(self, kinds: set[str]) -> dict[str, torch.optim.Optimizer]:
+        """The optimizers of the phase ``kinds`` this class trains; subclasses add theirs."""
+        return {}
 
     def init_optimizers(self):
-        """One optimizer per phase kind the plan uses, each recoverable from checkpoints."""
-        self.optimizers_dict = {}
+        """One optimizer per phase kind in the plan, each recoverable from checkpoints."""
         kinds = {e.kind for e in self.plan}
-        if DISTILL in kinds:
-            self.optimizers_dict[DISTILL] = self.make_distill_optimizer()
-        if QUANT in kinds:
-            self.optimizers_dict[QUANT] = self.make_quant_optimizer()
+        self.optimizers_dict = self.make_optimizers(kinds)
+        missing = kinds - set(self.optimizers_dict)
+        if missing:
+            raise ValueError(f"{type(self).__name__} trains no {sorted(missing)} phase of "
+                             f"{self.plan}: use a Brain class that does (e.g. MCTBrain)")
         for kind, optimizer in self.optimizers_dict.items():
             if self.checkpointer is not None:
                 self.checkpointer.add_recoverable(f"{kind}_optimizer", optimizer)
@@ -103,6 +187,69 @@ class DistillationBrain(sb.Brain):
     def freeze_optimizers(self, optimizers):
         """Only the current phase's optimizer steps."""
         return {self.phase.kind: optimizers[self.phase.kind]}
+
+    def optimizers_step(self):
+        """SpeechBrain's optimizer step, but the gradient norm is clipped to ``max_grad_norm``
+        over every parameter of each stepping optimizer (SpeechBrain 1.1.2 clips only its first
+        param group, which would leave heads and projections unclipped)."""
+        optimizers = self.freeze_optimizers(self.optimizers_dict)
+        for optimizer in optimizers.values():
+            self.scaler.unscale_(optimizer)
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        if not self.scaler.is_enabled() and self.skip_nonfinite_grads:
+            self.check_gradients()
+        for optimizer in optimizers.values():
+            self.scaler.step(optimizer)
+        self.scaler.update()
+        for optimizer in optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        self.optimizer_step += 1
+
+    def model_megabytes(self) -> float:
+        """Deployable size in MiB (the paper's "MB") at float32, codebooks excluded."""
+        skip = codebook_ids(self.deployable)
+        params = sum(p.numel() for p in self.deployable.parameters() if id(p) not in skip)
+        return params * 4 / 2**20
+
+
+class DistillationBrain(PhaseBrain):
+    """Distil a Whisper student (+ intent head) from a frozen Whisper teacher; every epoch distils.
+
+    hparams used: ``alpha``, ``distill_opt_class`` (``!name:`` optimizer taking param groups),
+    ``distill_lr_encoder``, ``distill_lr_head``, ``train_logger``, optional ``teacher_cache``
+    (TeacherCache) and ``augmentation`` (callable (wavs, lens) -> (wavs, lens) applied to the
+    student's input only; it must keep the length: the teacher sees the clean waveform and its
+    features are compared frame by frame).
+    """
+
+    HEAD_MODULES = ("classifier", "distill")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cache = getattr(self.hparams, "teacher_cache", None)
+        if self.cache is not None and "teacher" in self.modules:
+            self.cache.bind(self.modules.teacher)
+
+    def build_plan(self, epochs: int) -> PhasePlan:
+        """Every epoch distils."""
+        return PhasePlan("distill_only", iterations=1, distill_epochs=epochs, quant_epochs=0,
+                         final_quant_epochs=0)
+
+    def make_optimizers(self, kinds: set[str]) -> dict[str, torch.optim.Optimizer]:
+        """Adds the distillation optimizer."""
+        optimizers = super().make_optimizers(kinds)
+        if DISTILL in kinds:
+            optimizers[DISTILL] = self.make_distill_optimizer()
+        return optimizers
+
+    def make_distill_optimizer(self) -> torch.optim.Optimizer:
+        """Encoder weights at ``distill_lr_encoder``, head and projections at ``distill_lr_head``;
+        codebooks are not distilled."""
+        encoder, head = self.parameter_groups(skip=codebook_ids(self.deployable))
+        return self.hparams.distill_opt_class([
+            {"params": encoder, "lr": self.hparams.distill_lr_encoder},
+            {"params": head, "lr": self.hparams.distill_lr_head}])
 
     # ----------------------------------------------------------------------------- forward
     def needs_teacher(self, stage) -> bool:
@@ -124,80 +271,85 @@ class DistillationBrain(sb.Brain):
         logits = self.modules.classifier(hidden[-1], frame_lens)
         teacher = None
         if self.needs_teacher(stage):
-            teacher = self.teacher_features(batch.id, wavs, lens, hidden.shape[2])
+            frames = torch.round(frame_lens * hidden.shape[2]).long().tolist()
+            teacher = self.teacher_features(batch.id, wavs, lens, frames, hidden.shape[2])
         return logits, hidden, frame_lens, teacher
 
     def teacher_features(self, ids: list[str], wavs: torch.Tensor, lens: torch.Tensor,
-                         frames: int) -> torch.Tensor:
-        """Teacher hidden states (N, B, frames, C) for clean waveforms, from the cache if present."""
+                         student_frames: list[int], frames: int) -> torch.Tensor:
+        """Float32 teacher hidden states (N, B, frames, C) on ``self.device`` for the clean
+        waveforms, from the cache if present; ``student_frames`` (B,) are the student's valid
+        frames, which must match the teacher's up to one frame of rounding."""
         n_samples = lengths_to_samples(lens, wavs.shape[1]).tolist()
-        found = [self.cache.load(u, n) if self.cache else None for u, n in zip(ids, n_samples,
-                                                                                strict=True)]
+        found = [self.cache.load(u, n, self.device) if self.cache else None
+                 for u, n in zip(ids, n_samples, strict=True)]
         missing = [i for i, f in enumerate(found) if f is None]
         if missing:
-            rows = torch.tensor(missing, device=wavs.device)
-            hidden, frame_lens = self.modules.teacher(wavs[rows], lens[rows])
+            rows = torch.tensor(missing, device=self.device)
+            # full precision whatever --precision says: features are cached and reused
+            with torch.autocast(device_type=self.device_type, enabled=False):
+                hidden, frame_lens = self.modules.teacher(wavs[rows], lens[rows])
             valid = torch.round(frame_lens * hidden.shape[2]).long().tolist()
             for j, i in enumerate(missing):
                 found[i] = hidden[:, j, : valid[j]].float()
                 if self.cache is not None:
                     self.cache.store(ids[i], n_samples[i], found[i])
+        for utt_id, feats, count in zip(ids, found, student_frames, strict=True):
+            if abs(feats.shape[1] - count) > 1:
+                augmentation = getattr(self.hparams, "augmentation", None)
+                name = getattr(augmentation, "__name__", type(augmentation).__name__)
+                raise ValueError(
+                    f"utterance {utt_id}: the student has {count} valid frames but the teacher "
+                    f"(clean waveform) has {feats.shape[1]}: augmentation {name!r} changes the "
+                    "length, and teacher features are compared frame by frame; use a "
+                    "length-preserving augmentation")
         first = found[0]
-        out = first.new_zeros(first.shape[0], len(found), frames, first.shape[-1])
+        out = torch.zeros(first.shape[0], len(found), frames, first.shape[-1],
+                          dtype=torch.float32, device=self.device)
         for i, feats in enumerate(found):
-            out[:, i, : feats.shape[1]] = feats[:, :frames].to(out.device)
+            count = min(feats.shape[1], frames)
+            out[:, i, :count] = feats[:, :count]
         return out
 
     # ----------------------------------------------------------------------------- losses
-    def distill_terms(self, predictions, targets) -> dict[str, torch.Tensor]:
-        """Loss terms of a distillation step; ``loss`` is what is optimised."""
+    def loss_terms(self, predictions, targets, stage) -> dict[str, torch.Tensor]:
+        """Loss terms of a step; ``loss`` is what is optimised."""
         logits, hidden, lens, teacher = predictions
-        ce = nn.functional.cross_entropy(logits, targets)
+        ce = classification_loss(logits, targets)
         if teacher is None:  # evaluation: no teacher needed
             return {"loss": ce, "ce": ce}
         l1 = self.modules.distill(hidden, teacher, lens)
         return {"loss": distillation_objective(self.hparams.alpha, l1, ce), "l1": l1, "ce": ce}
 
     def compute_objectives(self, predictions, batch, stage):
-        """The current phase's loss; also accumulates loss terms and predictions for metrics."""
+        """The step's loss; the tally keeps its terms and the predictions for the metrics."""
         targets = batch.intent_encoded.data.reshape(-1).to(self.device)
-        terms = self.phase_terms(predictions, targets, stage)
-        for key, value in terms.items():
-            self.term_sums[key] = self.term_sums.get(key, 0.0) + float(value.detach())
-        self.term_count += 1
-        self.predicted.extend(predictions[0].argmax(dim=-1).tolist())
-        self.targets.extend(targets.tolist())
-        self.predicted_ids.extend(batch.id)
+        terms = self.loss_terms(predictions, targets, stage)
+        self.tally.add({key: value for key, value in terms.items() if key != "loss"})
+        self.tally.extend("predicted", predictions[0].argmax(dim=-1).tolist())
+        self.tally.extend("targets", targets.tolist())
+        self.tally.extend("ids", list(batch.id))
         return terms["loss"]
 
-    def phase_terms(self, predictions, targets, stage) -> dict[str, torch.Tensor]:
-        """Loss terms for the current phase kind."""
-        return self.distill_terms(predictions, targets)
+    @property
+    def predicted(self) -> list[int]:
+        """Predicted class indices of the current (or last) stage."""
+        return self.tally.records.get("predicted", [])
+
+    @property
+    def targets(self) -> list[int]:
+        """True class indices of the current (or last) stage."""
+        return self.tally.records.get("targets", [])
+
+    @property
+    def predicted_ids(self) -> list[str]:
+        """Utterance ids of :attr:`predicted`."""
+        return self.tally.records.get("ids", [])
 
     # ----------------------------------------------------------------------------- stages
-    def on_stage_start(self, stage, epoch=None):
-        """Reset accumulators; on training epochs, enter the epoch's phase."""
-        self.term_sums, self.term_count = {}, 0
-        self.predicted, self.targets, self.predicted_ids = [], [], []
-        if stage == sb.Stage.TRAIN:
-            self.enter_phase(self.plan[epoch])
-
-    def enter_phase(self, phase) -> None:
-        """Make the model match ``phase`` (idempotent within a phase)."""
-        self.phase = phase
-
-    def model_megabytes(self) -> float:
-        """Deployable size in MiB (the paper's "MB") at float32: every parameter, codebooks
-        excluded (a quantizer that is off holds only the latent weights that matter)."""
-        skip = self._codebook_ids()
-        params = sum(p.numel() for p in self.deployable.parameters() if id(p) not in skip)
-        return params * 4 / 2**20
-
     def stage_stats(self, stage_loss) -> dict[str, float]:
         """Mean loss terms, accuracy and macro-F1 of the finished stage."""
-        stats = {"loss": stage_loss}
-        stats.update({k: v / max(self.term_count, 1) for k, v in self.term_sums.items()
-                      if k != "loss"})
+        stats = {"loss": stage_loss, **self.tally.means()}
         stats["ACC"] = accuracy(self.predicted, self.targets)
         stats["macro_F1"] = macro_f1(self.predicted, self.targets)
         return stats
@@ -225,116 +377,129 @@ class DistillationBrain(sb.Brain):
                 test_stats=stats)
 
 
-class QuantizationBrain(DistillationBrain):
-    """Train the codebooks of a quantized student with ``L_centroid + CE`` (no teacher needed).
+class QuantizationBrain(PhaseBrain):
+    """Train trained-codebook quantized weights (QUADS' quantization phases); every epoch quantizes.
 
-    hparams used besides DistillationBrain's: ``quantizer`` (CodebookQuantizer, prepared here on
-    the student + classifier), ``quant_opt_class`` (``!name:`` optimizer taking param groups),
-    ``quant_lr`` (codebooks and the student's other tensors) and optional ``quant_lr_head``, both
-    with cosine decay over each quantization phase, ``centroid_weight``,
-    ``quant_distill_weight`` and optional ``commit_after_quant`` (default false).
+    The task (forward, loss, logging) comes from the Brain it is combined with, placed after it
+    in the bases; the deployable modules (all but ``teacher`` and ``distill``) are quantized and
+    ``centroid_weight * L_centroid`` is added to the task loss in quantization training steps.
+
+    hparams used: ``quantizer`` (CodebookQuantizer, prepared here), ``quant_opt_class``
+    (``!name:`` optimizer taking param groups), ``quant_lr`` (codebooks and the other body
+    tensors) and optional ``quant_lr_head`` (``HEAD_MODULES``), both with cosine decay over each
+    quantization phase, and ``centroid_weight``.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.quantizer = self.hparams.quantizer
         self.quantizer.prepare(self.deployable)
-        self.latent_power = None
+        self.latent_power: torch.Tensor | None = None
 
-    def build_plan(self) -> PhasePlan:
+    def build_plan(self, epochs: int) -> PhasePlan:
         """Every epoch quantizes."""
         return PhasePlan("quant_only", iterations=0, distill_epochs=0, quant_epochs=0,
-                         final_quant_epochs=self.hparams.epoch_counter.limit)
+                         final_quant_epochs=epochs)
 
-    def _latents(self) -> list[torch.Tensor]:
+    def latents(self) -> list[torch.Tensor]:
+        """The full-precision weights behind the quantized ones."""
         return [m.parametrizations["weight"].original for m, _ in self.quantizer.modules.values()]
 
-    def _codebook_ids(self) -> set[int]:
-        return {id(codebook.centroids) for _, codebook in self.quantizer.modules.values()}
+    def make_optimizers(self, kinds: set[str]) -> dict[str, torch.optim.Optimizer]:
+        """Adds the quantization optimizer."""
+        optimizers = super().make_optimizers(kinds)
+        if QUANT in kinds:
+            optimizers[QUANT] = self.make_quant_optimizer()
+        return optimizers
+
+    def _quant_lrs(self) -> tuple[float, float]:
+        return self.hparams.quant_lr, getattr(self.hparams, "quant_lr_head", self.hparams.quant_lr)
 
     def make_quant_optimizer(self) -> torch.optim.Optimizer:
-        """Codebooks and the student's full-precision tensors at ``quant_lr``; head and projections
-        at ``quant_lr_head``. Latent weights are not trained in quantization phases.
+        """Codebooks and the body's other full-precision tensors at ``quant_lr``; head modules at
+        ``quant_lr_head``. Latent weights are not trained in quantization phases.
 
         A centroid's gradient is the sum over its members (thousands of weights), so its scale
         grows with the cluster: an adaptive optimizer (Adam) keeps steps at ``quant_lr`` whatever
         the cluster size; SGD needs a learning rate matched to the tensor sizes.
         """
-        latents = {id(p) for p in self._latents()}
-        student = [p for p in self.modules.student.parameters() if id(p) not in latents]
-        head = [p for name in ("classifier", "distill") if name in self.modules
-                for p in self.modules[name].parameters()]
-        head_lr = getattr(self.hparams, "quant_lr_head", self.hparams.quant_lr)
-        return self.hparams.quant_opt_class([{"params": student, "lr": self.hparams.quant_lr},
+        body, head = self.parameter_groups(skip={id(p) for p in self.latents()})
+        body_lr, head_lr = self._quant_lrs()
+        return self.hparams.quant_opt_class([{"params": body, "lr": body_lr},
                                              {"params": head, "lr": head_lr}])
 
-    def needs_teacher(self, stage) -> bool:
-        """Quantization uses the teacher only when distillation is kept at a weight."""
-        if self.phase.kind == QUANT:
-            weight = getattr(self.hparams, "quant_distill_weight", 0.0)
-            return stage == sb.Stage.TRAIN and weight > 0
-        return super().needs_teacher(stage)
-
-    def enter_phase(self, phase) -> None:
-        """Switch the quantizer at phase boundaries; set the quantization phase's cosine LR."""
-        starting = phase.starts_phase
+    def enter_phase(self, phase: EpochPhase, resumed: bool) -> None:
+        """At a quantization phase's start: cluster, train the codebooks, reset the optimizer;
+        every quantization epoch: freeze the latents, set the cosine learning rates."""
         if phase.kind == QUANT:
-            if starting:
+            if phase.starts_phase and not resumed:
                 self.quantizer.cluster()
                 self.quantizer.set_mode("train")
                 self.optimizers_dict[QUANT].state.clear()
-            with torch.no_grad():
-                latents = self._latents()
-                self.latent_power = (sum(w.square().sum() for w in latents)
-                                     / sum(w.numel() for w in latents))
-            for latent in self._latents():
+            for latent in self.latents():
                 latent.requires_grad_(False)
+            self.latent_power = latent_power(self.latents())
             decay = 0.5 * (1 + math.cos(math.pi * (phase.epoch_in_phase - 1) / phase.phase_epochs))
-            student_group, head_group = self.optimizers_dict[QUANT].param_groups
-            student_group["lr"] = self.hparams.quant_lr * decay
-            head_group["lr"] = getattr(self.hparams, "quant_lr_head", self.hparams.quant_lr) * decay
-        else:
-            if starting and self.quantizer.mode != "off":
-                if getattr(self.hparams, "commit_after_quant", False):
-                    self.quantizer.commit()
-                self.quantizer.set_mode("off")
-            for latent in self._latents():
-                latent.requires_grad_(True)
-        super().enter_phase(phase)
+            for group, lr in zip(self.optimizers_dict[QUANT].param_groups, self._quant_lrs(),
+                                 strict=True):
+                group["lr"] = lr * decay
+        super().enter_phase(phase, resumed)
 
-    def quant_terms(self, predictions, targets) -> dict[str, torch.Tensor]:
-        """Loss terms of a quantization step."""
-        logits, hidden, lens, teacher = predictions
-        ce = nn.functional.cross_entropy(logits, targets)
-        centroid = self.quantizer.centroid_distance() / self.latent_power
-        loss = self.hparams.centroid_weight * centroid + ce
-        terms = {"ce": ce, "centroid": centroid}
-        if teacher is not None:
-            terms["l1"] = self.modules.distill(hidden, teacher, lens)
-            loss = loss + self.hparams.quant_distill_weight * terms["l1"]
-        terms["loss"] = loss
-        return terms
-
-    def phase_terms(self, predictions, targets, stage) -> dict[str, torch.Tensor]:
-        """Quantization terms in quantization phases (training only needs the centroid term)."""
-        if self.phase.kind == QUANT and stage == sb.Stage.TRAIN:
-            return self.quant_terms(predictions, targets)
-        return super().phase_terms(predictions, targets, stage)
+    def compute_objectives(self, predictions, batch, stage):
+        """The task's loss, plus ``centroid_weight * L_centroid`` in quantization training."""
+        loss = super().compute_objectives(predictions, batch, stage)
+        if stage == sb.Stage.TRAIN and self.phase.kind == QUANT:
+            centroid = centroid_loss(self.quantizer, self.latent_power)
+            self.tally.add({"centroid": centroid})
+            loss = quantization_objective(loss, centroid, self.hparams.centroid_weight)
+        return loss
 
     def model_megabytes(self) -> float:
-        """Packed size in quantization phases, full precision otherwise (MiB)."""
+        """Packed size while the quantizer is on, full precision otherwise (MiB)."""
         if self.quantizer.mode == "off":
             return super().model_megabytes()
         return size_report(self.deployable).packed_mb
 
 
-class MCTBrain(QuantizationBrain):
+class MCTBrain(QuantizationBrain, DistillationBrain):
     """Multi-stage combined training: distillation and quantization phases alternate.
 
-    hparams used besides QuantizationBrain's: ``phase_plan`` (PhasePlan: strategy, iterations,
-    epochs per phase, final quantization epochs).
+    hparams used besides both bases': ``phase_plan`` (PhasePlan: strategy, iterations, epochs per
+    phase, final quantization epochs), ``quant_distill_weight`` (L1 weight in quantization
+    phases, default 0: no teacher there) and ``commit_after_quant`` (default false).
     """
 
-    def build_plan(self) -> PhasePlan:
+    def build_plan(self, epochs: int) -> PhasePlan:
         """The plan from the hparams (``strategy: mct | sequential | distill_only | quant_only``)."""
         return self.hparams.phase_plan
+
+    def needs_teacher(self, stage) -> bool:
+        """Quantization uses the teacher only when distillation is kept at a weight."""
+        if self.phase.kind == QUANT:
+            return stage == sb.Stage.TRAIN and getattr(self.hparams, "quant_distill_weight", 0.0) > 0
+        return super().needs_teacher(stage)
+
+    def loss_terms(self, predictions, targets, stage) -> dict[str, torch.Tensor]:
+        """In quantization training: ``CE + quant_distill_weight * L1`` (the centroid term is
+        added by QuantizationBrain); otherwise DistillationBrain's terms."""
+        if not (stage == sb.Stage.TRAIN and self.phase.kind == QUANT):
+            return super().loss_terms(predictions, targets, stage)
+        logits, hidden, lens, teacher = predictions
+        terms = {"ce": classification_loss(logits, targets)}
+        if teacher is not None:
+            terms["l1"] = self.modules.distill(hidden, teacher, lens)
+        weight = getattr(self.hparams, "quant_distill_weight", 0.0)
+        terms["loss"] = distilled_task_loss(terms["ce"], terms.get("l1"), weight)
+        return terms
+
+    def enter_phase(self, phase: EpochPhase, resumed: bool) -> None:
+        """Leaving quantization for distillation: the quantizer goes off (after committing its
+        values with ``commit_after_quant``) and the latent weights train again."""
+        if phase.kind == DISTILL:
+            if phase.starts_phase and not resumed and self.quantizer.mode != "off":
+                if getattr(self.hparams, "commit_after_quant", False):
+                    self.quantizer.commit()
+                self.quantizer.set_mode("off")
+            for latent in self.latents():
+                latent.requires_grad_(True)
+        super().enter_phase(phase, resumed)

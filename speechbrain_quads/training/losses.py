@@ -1,7 +1,14 @@
-"""Feature distillation: L1 between (projected) student and teacher hidden states, mixed with CE.
+"""Every QUADS loss term: feature distillation, cross-entropy, the centroid term and their mixes.
+
+- distillation phases: ``alpha * L1(student, teacher) + (1 - alpha) * CE``;
+- quantization phases: ``CE + quant_distill_weight * L1 + centroid_weight * L_centroid``, where
+  ``L_centroid = ||W - C[idx]||^2 / ||W||^2`` is the relative squared error between the latent
+  (full-precision) weights and their assigned centroids: it anchors the trained codebook to the
+  clusters of the weights while CE moves the centroids (dimensionless, about 1e-2 at 4 bits).
 
 Both encoders are Whisper encoders with the same hop and convolution strides, so their time axes
 match frame for frame; with variable-length inputs padded frames are excluded from the loss.
+Under mixed precision (autocast) every term is reduced in float32.
 """
 
 from __future__ import annotations
@@ -87,8 +94,8 @@ class FeatureDistillation(nn.Module):
                 "level: utterance or a length-preserving augmentation")
         losses = []
         for (s, t), projection in zip(self.pairs, self.projections, strict=True):
-            student = projection(student_hidden[s])
-            teacher = teacher_hidden[t]
+            student = projection(student_hidden[s]).float()
+            teacher = teacher_hidden[t].float()
             if self.level == "utterance":
                 losses.append((masked_mean(student, lens) - masked_mean(teacher, lens)).abs().mean())
             else:
@@ -99,8 +106,38 @@ class FeatureDistillation(nn.Module):
         return torch.stack(losses).mean()
 
 
+def classification_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of (B, K) logits against (B,) class indices, in float32 (0-dim)."""
+    return nn.functional.cross_entropy(logits.float(), targets)
+
+
 def distillation_objective(alpha: float, l1: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:
     """The distillation phase's loss: ``alpha * L1 + (1 - alpha) * CE``."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     return alpha * l1 + (1.0 - alpha) * ce
+
+
+def distilled_task_loss(ce: torch.Tensor, l1: torch.Tensor | None, weight: float) -> torch.Tensor:
+    """The task loss of a quantization phase: ``CE + weight * L1`` (``CE`` when ``l1`` is None)."""
+    return ce if l1 is None else ce + weight * l1
+
+
+def latent_power(latents: list[torch.Tensor]) -> torch.Tensor:
+    """Mean square of every element of the latent weights (0-dim, float32, no gradient)."""
+    with torch.no_grad():
+        total = sum(w.float().square().sum() for w in latents)
+        return total / sum(w.numel() for w in latents)
+
+
+def centroid_loss(quantizer, power: torch.Tensor) -> torch.Tensor:
+    """``L_centroid``: the quantizer's mean squared latent-to-centroid distance over ``power``
+    (from :func:`latent_power`), computed in float32 with autocast off (0-dim, dimensionless)."""
+    with torch.autocast(device_type=power.device.type, enabled=False):
+        return quantizer.centroid_distance().float() / power
+
+
+def quantization_objective(task: torch.Tensor, centroid: torch.Tensor,
+                           centroid_weight: float) -> torch.Tensor:
+    """The quantization phase's loss: ``task + centroid_weight * L_centroid``."""
+    return task + centroid_weight * centroid

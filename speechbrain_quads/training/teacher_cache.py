@@ -24,7 +24,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 FORMAT_VERSION = 1
 
@@ -90,21 +91,22 @@ class TeacherCache:
         digest = hashlib.sha1(utt_id.encode("utf-8")).hexdigest()
         return self.folder / digest[:2] / f"{digest}.safetensors"
 
-    def load(self, utt_id: str, n_samples: int) -> torch.Tensor | None:
-        """Cached (N, T_i, C) features of ``utt_id``, or None if absent or stale."""
+    def load(self, utt_id: str, n_samples: int,
+             device: torch.device | str = "cpu") -> torch.Tensor | None:
+        """Cached (N, T_i, C) float32 features of ``utt_id`` on ``device``, or None if absent or
+        stale (the brain asks for its own device, so cached and fresh features never mix)."""
         path = self._path(utt_id)
         if not path.is_file():
             return None
         try:
-            from safetensors import safe_open
-
             with safe_open(str(path), framework="pt") as handle:
                 meta = handle.metadata() or {}
-            if meta.get("utt_id") != utt_id or int(meta.get("n_samples", -1)) != n_samples:
-                return None
-            return load_file(str(path))["hidden"].float()
-        except (OSError, ValueError, KeyError, RuntimeError):  # unreadable: recompute
+                if meta.get("utt_id") != utt_id or int(meta.get("n_samples", -1)) != n_samples:
+                    return None
+                hidden = handle.get_tensor("hidden")
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError):  # unreadable
             return None
+        return hidden.to(device=device, dtype=torch.float32)
 
     def store(self, utt_id: str, n_samples: int, hidden: torch.Tensor) -> None:
         """Atomically write (N, T_i, C) features of ``utt_id``."""
