@@ -18,6 +18,7 @@ from speechbrain_quads.codebook.packing import (
     load_packed_into,
     pack_indices,
     packed_length,
+    payload_digest,
     size_report,
     unpack_indices,
 )
@@ -59,15 +60,19 @@ def packed_file(tmp_path, quantized_encoder):
     return path
 
 
-@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("bits", range(1, 17))
 def test_pack_unpack_every_width(bits):
     generator = torch.Generator().manual_seed(bits)
+    dtype = torch.uint8 if bits <= 8 else torch.int32
     for numel in (1, 7, 13, 1001, 4099):
-        indices = torch.randint(0, 2**bits, (numel,), generator=generator, dtype=torch.uint8)
+        indices = torch.randint(0, 2**bits, (numel,), generator=generator, dtype=dtype)
+        indices[0] = 2**bits - 1  # the widest index survives too
         packed = pack_indices(indices, bits)
         assert packed.dtype == torch.uint8
         assert packed.numel() == math.ceil(numel * bits / 8) == packed_length(numel, bits)
-        assert torch.equal(unpack_indices(packed, bits, numel), indices)
+        unpacked = unpack_indices(packed, bits, numel)
+        assert unpacked.dtype == dtype
+        assert torch.equal(unpacked, indices)
 
 
 def test_pack_layout_is_dense_lsb_first():
@@ -75,9 +80,23 @@ def test_pack_layout_is_dense_lsb_first():
     assert pack_indices(torch.tensor([1, 2, 7]), 3).tolist() == [0b11010001, 0b1]
 
 
+def test_pack_layout_above_8_bits_is_dense_lsb_first():
+    # 9 bits: 0x1FF, 2 -> 111111111 010000000 (LSB first) -> 0xFF, 0b00000101, 0b00 (2 pad bits)
+    assert pack_indices(torch.tensor([0x1FF, 2]), 9).tolist() == [0xFF, 0b101, 0]
+    # 16 bits: little-endian uint16
+    assert pack_indices(torch.tensor([0x1234, 0xFFFF]), 16).tolist() == [0x34, 0x12, 0xFF, 0xFF]
+
+
+def test_unpack_refuses_non_zero_padding_bits():
+    packed = pack_indices(torch.tensor([1, 2, 7]), 3)  # 9 bits: 7 padding bits in byte 2
+    packed[1] |= 0b10
+    with pytest.raises(ValueError, match="non-zero padding bits in the last byte"):
+        unpack_indices(packed, 3, 3)
+
+
 def test_pack_rejects_bad_arguments():
     with pytest.raises(ValueError, match="bits"):
-        pack_indices(torch.tensor([0]), 9)
+        pack_indices(torch.tensor([0]), 17)
     with pytest.raises(ValueError, match="bits"):
         unpack_indices(torch.zeros(1, dtype=torch.uint8), 0, 1)
     with pytest.raises(ValueError, match=r"\[0, 8\)"):
@@ -131,6 +150,32 @@ def test_size_report_is_the_exact_bit_arithmetic(quantized_encoder, packed_file)
 
 
 POSITIONS = "embed_positions.weight"
+
+
+@pytest.mark.parametrize("bits", [9, 12, 16])
+def test_wide_exports_are_the_bit_arithmetic_and_reload_bit_exact(tmp_path, bits):
+    """9-16 bits: 120000 weights (more distinct values than 2**16: clustered) and 300 (fewer:
+    kept exact); each index takes exactly b bits in the file, each codebook 2**b float32."""
+    torch.manual_seed(bits)
+    model = nn.Sequential(nn.Linear(400, 300), nn.Tanh(), nn.Linear(300, 1))
+    quantize_(model, QuantizationConfig(bits=bits))
+    path = tmp_path / f"wide{bits}.safetensors"
+    report = export_packed(model, path)
+    with open(path, "rb") as handle:
+        header = struct.unpack("<Q", handle.read(8))[0]
+    codebooks = 2 * 2**bits * 4
+    biases = (300 + 1) * 4
+    expected = math.ceil(120000 * bits / 8) + math.ceil(300 * bits / 8) + codebooks + biases
+    assert report.bit_arithmetic_bytes == expected
+    assert report.packed_bytes == path.stat().st_size == expected + 8 + header
+    assert report.packed_bytes <= 1.01 * report.bit_arithmetic_bytes
+    plain = nn.Sequential(nn.Linear(400, 300), nn.Tanh(), nn.Linear(300, 1))
+    load_packed_into(plain, path)
+    inputs = torch.randn(16, 400)
+    with torch.no_grad():
+        assert torch.equal(plain(inputs), model(inputs))
+    assert torch.equal(plain[2].weight, model[2].parametrizations["weight"].original)  # exact
+    assert 2**bits // 2 < plain[0].weight.unique().numel() <= 2**bits
 
 
 def test_sinusoidal_positions_are_regenerated_not_stored(tmp_path, quantized_encoder, packed_file):
@@ -191,11 +236,16 @@ def _edit_generated(field, value):
 
 
 def _rewrite(source, target, drop=(), replace=None, metadata_update=None):
-    """Copy a safetensors file, dropping/replacing tensors and updating the metadata."""
+    """Copy a safetensors file, dropping/replacing tensors and updating the metadata.
+
+    The payload digest is recomputed (as a writer with that bug would), so that the check each
+    test is about, not the checksum, is what refuses the file.
+    """
     with safe_open(source, framework="pt") as handle:
         metadata = dict(handle.metadata())
         tensors = {k: handle.get_tensor(k) for k in handle.keys() if k not in drop}
     tensors.update(replace or {})
+    metadata["payload_sha256"] = payload_digest(tensors)
     if metadata_update:
         metadata = metadata_update(metadata)
     save_file(tensors, target, metadata=metadata)
@@ -217,7 +267,7 @@ FC1 = "layers.0.fc1.weight"
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        ({"metadata_update": _edit_entry(FC1, "bits", 9)}, "bits 9 out of range"),
+        ({"metadata_update": _edit_entry(FC1, "bits", 17)}, "bits 17 out of range"),
         ({"metadata_update": _edit_entry(FC1, "bits", 4)}, "codebook must be float32"),
         ({"metadata_update": _edit_entry(FC1, "numel", 10)}, "does not hold numel"),
         ({"metadata_update": _edit_entry(FC1, "groups", 3)}, "groups 3 does not divide"),
