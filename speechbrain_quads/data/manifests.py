@@ -1,18 +1,23 @@
-"""Shared data-preparation checks and all-or-nothing manifest writing for the recipes.
+"""Checks and all-or-nothing CSV manifests for the recipes' prepare scripts.
 
-A prepare script collects, per split, a dict ``{utterance_id: {"wav": path, "duration": s,
-"intent": label, ...}}`` and hands it to :func:`write_manifests`, which checks every audio file
-and label, then writes ``<split>.json`` manifests (SpeechBrain's ``DynamicItemDataset.from_json``
-format) into a temporary folder that replaces the previous one in one rename, followed by a
-``prepare_options.json`` marker. A later run re-uses the manifests only when the marker exists and
-records the same options, so a killed preparation is never trusted.
+A prepare script collects, per manifest (``train-type=direct``, ``devel-type=direct``, ...), a dict
+``{ID: row}``; every row has ``wav`` (an audio path) and ``intent`` (its label, used for the label
+check only) plus the CSV columns. :func:`write_manifests` checks every audio file and label before
+writing anything, then writes the CSVs (SpeechBrain's ``DynamicItemDataset.from_csv`` format) and,
+last, a ``prepare_options.json`` marker. A later run re-uses the manifests only when the marker
+exists and records the same options, so a preparation that was killed or failed is never trusted,
+and a failed one leaves the previous manifests untouched.
+
+Audio must be 16 kHz (what Whisper's front end expects): another sample rate is refused with the
+file named rather than resampled behind the user's back, and so is a clip shorter than 25 ms (less
+than one Whisper frame).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -20,6 +25,8 @@ import soundfile
 
 MARKER = "prepare_options.json"
 MAX_LISTED = 10
+SAMPLE_RATE = 16000
+MIN_SECONDS = 0.025
 
 
 class DataPreparationError(ValueError):
@@ -27,7 +34,7 @@ class DataPreparationError(ValueError):
 
 
 def audio_duration(path: Path) -> float:
-    """Duration in seconds of a readable, non-empty audio file; raises naming the file."""
+    """Duration in seconds of a readable 16-kHz audio file of at least 25 ms; raises naming it."""
     if not path.is_file():
         raise DataPreparationError(f"missing audio file: {path}")
     if path.stat().st_size == 0:
@@ -38,7 +45,15 @@ def audio_duration(path: Path) -> float:
         raise DataPreparationError(f"unreadable or corrupt audio file: {path} ({error})") from None
     if info.frames == 0:
         raise DataPreparationError(f"empty audio file (0 samples): {path}")
-    return info.frames / info.samplerate
+    if info.samplerate != SAMPLE_RATE:
+        raise DataPreparationError(
+            f"audio at {info.samplerate} Hz, expected {SAMPLE_RATE} Hz: {path} (resample the "
+            "corpus first, e.g. sox IN -r 16000 OUT)")
+    seconds = info.frames / info.samplerate
+    if seconds < MIN_SECONDS:
+        raise DataPreparationError(
+            f"audio too short ({1000 * seconds:.1f} ms < {1000 * MIN_SECONDS:.0f} ms): {path}")
+    return seconds
 
 
 def read_split_file(path: Path, split: str) -> str:
@@ -48,36 +63,45 @@ def read_split_file(path: Path, split: str) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def _check_audio(splits: dict[str, dict[str, dict]]) -> None:
-    """Add ``duration`` to every entry; raise listing every bad audio file."""
-    problems: dict[str, None] = {}  # ordered set: a file listed in two splits is named once
-    for entries in splits.values():
-        for entry in entries.values():
+def add_row(rows: dict[str, dict], utt_id: str, row: dict, where: str) -> None:
+    """Add ``row`` under ``utt_id``; a second row with the same ID is an error naming both."""
+    if utt_id in rows:
+        raise DataPreparationError(f"duplicate utterance ID {utt_id!r}: {rows[utt_id]['source']} "
+                                   f"and {where}")
+    rows[utt_id] = {**row, "source": where}
+
+
+def _list(problems: list[str]) -> str:
+    more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+    return "\n  ".join(problems[:MAX_LISTED]) + more
+
+
+def _check_audio(manifests: dict[str, dict[str, dict]]) -> None:
+    """Fill in every row's ``duration``; raise listing every bad audio file."""
+    problems: dict[str, None] = {}  # ordered set: a file listed in two manifests is named once
+    for rows in manifests.values():
+        for row in rows.values():
             try:
-                entry["duration"] = audio_duration(Path(entry["wav"]))
+                row["duration"] = round(audio_duration(Path(row["wav"])), 4)
             except DataPreparationError as error:
-                problems[str(error)] = None
-    problems = list(problems)
+                problems[f"{error} (from {row['source']})"] = None
     if problems:
-        listed = "\n  ".join(problems[:MAX_LISTED])
-        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
-        raise DataPreparationError(f"{len(problems)} bad audio file(s):\n  {listed}{more}")
+        raise DataPreparationError(f"{len(problems)} bad audio file(s):\n  {_list(list(problems))}")
 
 
-def _check_labels(splits: dict[str, dict[str, dict]], train_split: str) -> None:
-    """Raise if a non-training split holds an intent the training split never has."""
-    known = {entry["intent"] for entry in splits[train_split].values()}
-    for split, entries in splits.items():
-        unseen = {}
-        for utt_id, entry in entries.items():
-            if entry["intent"] not in known:
-                unseen.setdefault(entry["intent"], entry.get("source", utt_id))
+def _check_labels(manifests: dict[str, dict[str, dict]], train: str) -> None:
+    """Raise if a manifest holds an intent that the training manifest never has."""
+    known = {row["intent"] for row in manifests[train].values()}
+    for name, rows in manifests.items():
+        unseen: dict[str, str] = {}
+        for row in rows.values():
+            if row["intent"] not in known:
+                unseen.setdefault(row["intent"], row["source"])
         if unseen:
             listed = ", ".join(f"{label!r} (first in {where})" for label, where in
                                sorted(unseen.items())[:MAX_LISTED])
             raise DataPreparationError(
-                f"{split} split has {len(unseen)} intent label(s) that training never saw: "
-                f"{listed}")
+                f"{name} has {len(unseen)} intent label(s) that training never saw: {listed}")
 
 
 def manifests_ready(save_folder: Path, options: dict) -> bool:
@@ -91,40 +115,50 @@ def manifests_ready(save_folder: Path, options: dict) -> bool:
         return False
 
 
-def write_manifests(save_folder: Path, splits: dict[str, dict[str, dict]], options: dict,
-                    train_split: str = "train") -> None:
-    """Check audio and labels, then write ``<split>.json`` + the marker, all or nothing.
+def _write_csv(path: Path, rows: dict[str, dict], columns: tuple[str, ...]) -> None:
+    """Write one CSV (``ID`` + ``columns``) through a temporary file renamed into place."""
+    handle = tempfile.NamedTemporaryFile("w", newline="", encoding="utf-8", dir=path.parent,
+                                         prefix=f".{path.name}.", delete=False)
+    try:
+        with handle:
+            writer = csv.writer(handle)
+            writer.writerow(("ID", *columns))
+            for utt_id, row in rows.items():
+                writer.writerow((utt_id, *(row[c] for c in columns)))
+        os.replace(handle.name, path)
+    finally:
+        if os.path.exists(handle.name):
+            os.unlink(handle.name)
+
+
+def write_manifests(save_folder: str | Path, manifests: dict[str, dict[str, dict]],
+                    columns: tuple[str, ...], options: dict, train: str) -> None:
+    """Check audio and labels, then write ``<name>.csv`` per manifest and the marker.
 
     Arguments
     ---------
-    save_folder : Path
-        Where the manifests go (the whole folder is replaced).
-    splits : dict
-        ``{split: {utt_id: entry}}``; each entry has at least ``wav`` and ``intent``.
+    save_folder : str or Path
+        Where the CSVs go (created if needed; other files in it are left alone).
+    manifests : dict
+        ``{name: {ID: row}}``; each row has ``wav``, ``intent``, ``source`` (where it was read,
+        for error messages) and every column but ``duration``, which is measured here.
+    columns : tuple of str
+        CSV columns after ``ID`` (SpeechBrain's order, e.g. duration, wav, semantics, transcript).
     options : dict
         JSON-serialisable preparation options, recorded in the marker for re-use checks.
-    train_split : str
-        The split whose labels define the known intents.
+    train : str
+        The manifest whose labels define the known intents.
     """
-    for split, entries in splits.items():
-        if not entries:
-            raise DataPreparationError(f"{split} split has no utterance")
-    _check_audio(splits)
-    _check_labels(splits, train_split)
-    save_folder = Path(save_folder)
-    save_folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{save_folder.name}.", dir=save_folder.parent))
-    try:
-        for split, entries in splits.items():
-            (tmp / f"{split}.json").write_text(json.dumps(entries, indent=1), encoding="utf-8")
-        (tmp / MARKER).write_text(json.dumps(options, indent=1), encoding="utf-8")
-        old = None
-        if save_folder.exists():
-            old = save_folder.with_name(f".{save_folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(save_folder, old)
-        os.rename(tmp, save_folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    for name, rows in manifests.items():
+        if not rows:
+            raise DataPreparationError(f"{name} has no utterance")
+    _check_audio(manifests)
+    _check_labels(manifests, train)
+    folder = Path(save_folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).unlink(missing_ok=True)  # from here on, a stop leaves nothing trusted
+    for name, rows in manifests.items():
+        _write_csv(folder / f"{name}.csv", rows, columns)
+    marker = folder / f".{MARKER}.tmp"
+    marker.write_text(json.dumps(options, indent=1), encoding="utf-8")
+    os.replace(marker, folder / MARKER)
