@@ -92,7 +92,8 @@ def test_bad_hub_config_is_refused_before_the_weights_are_downloaded(hub, tmp_pa
 
 
 def test_hub_id_that_cannot_be_fetched_is_named(hub, tmp_path):
-    with pytest.raises(FileNotFoundError, match="someone/missing: fetching config.json failed"):
+    with pytest.raises(FileNotFoundError, match="someone/missing: no such local folder; as a hub id "
+                                                "or URL, fetching config.json failed"):
         QuadsIntentClassifier.from_hparams(source="someone/missing", savedir=tmp_path / "save")
 
 

@@ -93,8 +93,10 @@ def _fetch(filename: str, source: str | FetchSource, savedir: str | Path | None,
         path = Path(fetch(filename, source=source, savedir=savedir, local_strategy=local_strategy,
                           fetch_config=fetch_config))
     except (OSError, ValueError) as error:
-        raise FileNotFoundError(f"{source}: fetching {filename} failed ({type(error).__name__}: "
-                                f"{error})") from None
+        local = isinstance(source, str) and Path(source).is_dir()
+        where = "" if local else "no such local folder; as a hub id or URL, "
+        raise FileNotFoundError(f"{source}: {where}fetching {filename} failed "
+                                f"({type(error).__name__}: {error})") from None
     if not path.is_file():
         raise FileNotFoundError(f"{path}: fetched {filename} from {source}, but it is not a file")
     return path
