@@ -115,6 +115,48 @@ def test_kill_and_resume_mid_phase_matches_uninterrupted(tmp_path, corpus, unint
         assert torch.equal(ours[name][1], theirs[name][1]), name
 
 
+def test_kill_inside_a_quant_phase_and_resume_from_intra_epoch_checkpoint(
+        tmp_path, corpus, uninterrupted, tiny_dir, base_dir):
+    """Killed at step 5 of epoch 4 (the first epoch of a quantization phase) after intra-epoch
+    checkpoints at steps 2 and 4: the resumed run must not re-cluster or reset the optimizer, and
+    ends bit-exact with the uninterrupted run (same batches in the same order, same optimizer
+    state, no random draws in this model: nothing may differ, so equality is exact)."""
+    reference, _, _, reference_log = uninterrupted
+    run_opts = {"ckpt_interval_steps": 2}
+    brain, hparams = make_brain(tmp_path, tiny_dir, base_dir, run_opts=run_opts)
+    fit_batch = brain.fit_batch
+
+    def killed_in_epoch_4(batch):
+        if hparams["epoch_counter"].current == 4 and brain.step == 5:
+            raise Killed
+        return fit_batch(batch)
+
+    brain.fit_batch = killed_in_epoch_4
+    with pytest.raises(Killed):
+        fit(brain, hparams, corpus[1])
+    checkpoints = hparams["checkpointer"].list_checkpoints()
+    flags = sorted(bool(c.meta.get("brain_intra_epoch_ckpt")) for c in checkpoints)
+    assert flags == [False, True]  # end of epoch 3, step 4 of epoch 4
+    killed_codebooks = codebooks(brain)
+
+    resumed, hparams = make_brain(tmp_path, tiny_dir, base_dir, run_opts=run_opts)
+    clusterings = []
+    cluster = resumed.quantizer.cluster
+    resumed.quantizer.cluster = lambda: clusterings.append(hparams["epoch_counter"].current) or cluster()
+    fit(resumed, hparams, corpus[1])
+    assert clusterings == []  # epoch 4 was clustered before the kill; epoch 5 continues its phase
+    log = (tmp_path / "train_log.txt").read_text().splitlines()
+    assert len(log) == 5 and log[3:] == reference_log[3:]  # same loss terms and accuracies
+    ours, theirs = codebooks(resumed), codebooks(reference)
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert torch.equal(ours[name][0], theirs[name][0]), name
+        assert torch.equal(ours[name][1], theirs[name][1]), name
+        assert not torch.equal(ours[name][0], killed_codebooks[name][0]), name  # it trained on
+    for key, value in resumed.deployable.state_dict().items():
+        assert torch.equal(value, reference.deployable.state_dict()[key]), key
+
+
 def test_teacher_cache_is_keyed_by_settings_and_audio(tmp_path, base_dir, clips):
     cache = TeacherCache(str(tmp_path))
     teacher = WhisperTeacher(base_dir)
