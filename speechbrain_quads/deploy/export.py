@@ -118,9 +118,9 @@ def check_config(config: object, where: str | Path) -> dict:
         raise ValueError(f"{where}: unsupported version {version!r} (this reader knows 1 to "
                          f"{CONFIG_VERSION})")
     _check_labels(config.get("labels"), where)
-    bits = _integer(config, "bits", where, 1, 32)
-    if 16 < bits < 32:
-        raise ValueError(f"{where}: key 'bits' must be in [1, 16] or 32, got {bits}")
+    bits = config.get("bits")
+    if isinstance(bits, bool) or not isinstance(bits, int) or not (1 <= bits <= 16 or bits == 32):
+        raise ValueError(f"{where}: key 'bits' must be an integer in [1, 16] or 32, got {bits!r}")
     if not isinstance(config.get("pad_to_30s"), bool):
         raise ValueError(f"{where}: key 'pad_to_30s' must be true or false, got "
                          f"{config.get('pad_to_30s')!r}")
