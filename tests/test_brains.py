@@ -1,13 +1,16 @@
 """QUADS Brains end to end on synthesized speech: learning, teacher cache, resume, DDP."""
 
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import speechbrain as sb
 import torch
 from safetensors.torch import load_file
+from speechbrain.dataio.batch import PaddedBatch
 from training_setup import make_brain, make_dataset, write_corpus
 
 from speechbrain_quads.models.whisper import WhisperTeacher
@@ -171,6 +174,75 @@ def test_teacher_cache_is_keyed_by_settings_and_audio(tmp_path, base_dir, clips)
         other = WhisperTeacher(base_dir, **change)
         assert TeacherCache(str(tmp_path)).bind(other) != folder, change
     assert TeacherCache(str(tmp_path)).bind(WhisperTeacher(base_dir)) == folder
+
+
+def test_teacher_cache_returns_tensors_on_the_requested_device(tmp_path, base_dir):
+    cache = TeacherCache(str(tmp_path), dtype="float16")
+    cache.bind(WhisperTeacher(base_dir))
+    hidden = torch.randn(2, 5, 512)
+    cache.store("utt", 800, hidden)
+    meta = cache.load("utt", 800, device=torch.device("meta"))
+    assert meta.device == torch.device("meta") and meta.shape == (2, 5, 512)
+    assert meta.dtype == torch.float32
+    cpu = cache.load("utt", 800, device="cpu")
+    assert cpu.device == torch.device("cpu")
+    torch.testing.assert_close(cpu, hidden, atol=2e-3, rtol=1e-3)  # stored in float16
+
+
+def test_bf16_mixed_precision_mct_trains_the_codebook(tmp_path, corpus, tiny_dir, base_dir):
+    """--precision=bf16 (autocast) with the codebook in the loop: D, Q epochs."""
+    overrides = {"mct_iterations": 1, "final_quant_epochs": 0}
+    brain, hparams = make_brain(tmp_path, tiny_dir, base_dir, overrides,
+                                run_opts={"precision": "bf16"})
+    logit_dtypes, clustered = set(), {}
+    classifier_forward = brain.modules.classifier.forward
+    brain.modules.classifier.forward = lambda *a: logit_dtypes.add(
+        (brain.modules.classifier.training, (out := classifier_forward(*a)).dtype)) or out
+    cluster = brain.quantizer.cluster
+
+    def recording_cluster():
+        cluster()
+        clustered.update(codebooks(brain))
+
+    brain.quantizer.cluster = recording_cluster
+    fit(brain, hparams, corpus[1])
+    # training ran under bf16 autocast, validation at the default eval_precision (fp32)
+    assert logit_dtypes == {(True, torch.bfloat16), (False, torch.float32)}
+    log = (tmp_path / "train_log.txt").read_text().splitlines()
+    assert len(log) == 2 and "train centroid" in log[1] and "train l1" in log[0]
+    values = [float(part.split(": ")[1]) for line in log for part in line.split(" - ")[1:][0]
+              .split(", ") if part.startswith("train ")]
+    assert values and all(math.isfinite(v) for v in values), log
+    trained = codebooks(brain)
+    assert clustered.keys() == trained.keys()
+    moved = 0
+    for name, (centroids, indices) in trained.items():
+        assert centroids.dtype == torch.float32 and torch.isfinite(centroids).all(), name
+        assert torch.equal(indices, clustered[name][1]), name  # assignments stay in a phase
+        moved += int(not torch.equal(centroids, clustered[name][0]))
+    assert moved == len(trained)  # every codebook trained
+
+
+def test_length_changing_augmentation_is_refused(tmp_path, corpus, tiny_dir, base_dir):
+    brain, hparams = make_brain(tmp_path, tiny_dir, base_dir)
+    brain.phase = hparams["phase_plan"][1]  # a distillation epoch
+    batch = PaddedBatch([corpus[1][i] for i in range(3)])
+
+    def slow_down(wavs, lens):  # 25 % longer: 1.25x the encoder frames
+        longer = torch.nn.functional.interpolate(wavs.unsqueeze(1), scale_factor=1.25)
+        return longer.squeeze(1), lens
+
+    def add_one_mel_hop(wavs, lens):  # 160 samples: the same length up to one frame's rounding
+        longest = torch.round(lens * wavs.shape[1])
+        return torch.nn.functional.pad(wavs, (0, 160)), (longest + 160) / (wavs.shape[1] + 160)
+
+    brain.hparams.augmentation = slow_down
+    with pytest.raises(ValueError, match="augmentation 'slow_down' changes the length"):
+        brain.compute_forward(batch, sb.Stage.TRAIN)
+    brain.hparams.augmentation = add_one_mel_hop
+    logits, hidden, lens, teacher = brain.compute_forward(batch, sb.Stage.TRAIN)
+    assert teacher.shape[:3] == (1, 3, hidden.shape[2]) and teacher.device == logits.device
+    assert torch.isfinite(brain.modules.distill(hidden, teacher, lens))
 
 
 def test_two_process_ddp_run_ends_with_identical_weights(tmp_path, corpus, tiny_dir, base_dir):
