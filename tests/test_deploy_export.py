@@ -97,6 +97,7 @@ BAD_CONFIGS = {
     "bad model_sha256": (_set("model_sha256", "abc"), "'model_sha256' must be 64"),
     "missing model_sha256": (lambda config: config.pop("model_sha256"), "'model_sha256' must be 64"),
     "future version": (_set("version", CONFIG_VERSION + 1), "unsupported version"),
+    "float version": (_set("version", 2.0), "unsupported version 2.0"),
     "other format": (_set("format", "hf-whisper"), "format is 'hf-whisper'"),
 }
 

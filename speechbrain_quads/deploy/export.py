@@ -114,7 +114,7 @@ def check_config(config: object, where: str | Path) -> dict:
     if config.get("format") != MODEL_FORMAT:
         raise ValueError(f"{where}: format is {config.get('format')!r}, expected {MODEL_FORMAT!r}")
     version = config.get("version")
-    if isinstance(version, bool) or version not in range(1, CONFIG_VERSION + 1):
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= CONFIG_VERSION:
         raise ValueError(f"{where}: unsupported version {version!r} (this reader knows 1 to "
                          f"{CONFIG_VERSION})")
     _check_labels(config.get("labels"), where)
@@ -136,8 +136,7 @@ def check_config(config: object, where: str | Path) -> dict:
 
 
 def read_config(path: str | Path) -> dict:
-    """Read and check an export's ``config.json`` (see :func:`~speechbrain_quads.deploy.export.
-    check_config`).
+    """Read and check an export's ``config.json`` (see :func:`check_config`).
 
     Raises:
         ValueError: naming ``path`` (and the key), if it is not JSON or not a valid QUADS config.
