@@ -44,9 +44,9 @@ def index_dtype(bits: int) -> torch.dtype:
     """dtype of the stored indices of ``bits``-bit codebooks: uint8 up to 8 bits, else int32.
 
     int32 rather than int16 above 8 bits: 16-bit indices reach 65535 (beyond int16), torch's
-    uint16 lacks most ops, and gloo (the DDP broadcast of :meth:`CodebookParametrization.
-    broadcast_from_rank0`) has no 16-bit integers. The cost is bounded: the int64 flat-index
-    cache that the forward pass uses is twice as large anyway.
+    uint16 lacks most ops, and gloo, which broadcasts the codebooks under DDP, has no 16-bit
+    integers. The cost is bounded: 4 bytes per weight, half of the int64 flat-index cache that
+    the forward pass keeps anyway.
     """
     return torch.uint8 if bits <= 8 else torch.int32
 
