@@ -3,8 +3,17 @@
 import pytest
 import torch
 
+from speechbrain_quads.codebook.quantization import quantize_
 from speechbrain_quads.evaluation.metrics import accuracy, macro_f1
-from speechbrain_quads.training.losses import FeatureDistillation, distillation_objective
+from speechbrain_quads.training.losses import (
+    FeatureDistillation,
+    centroid_loss,
+    classification_loss,
+    distillation_objective,
+    distilled_task_loss,
+    latent_power,
+    quantization_objective,
+)
 
 
 def test_frame_l1_ignores_padding_and_averages_layers():
@@ -63,3 +72,27 @@ def test_metrics_on_known_predictions():
     assert accuracy(predicted, target) == 0.5
     # a: P=1/2 R=1 F1=2/3; b: P=1 R=1/3 F1=1/2; c: F1=0
     assert macro_f1(predicted, target) == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
+
+
+def test_quantization_terms_on_known_values():
+    assert distilled_task_loss(torch.tensor(2.0), None, 0.5).item() == 2.0
+    assert distilled_task_loss(torch.tensor(2.0), torch.tensor(4.0), 0.5).item() == 4.0
+    assert quantization_objective(torch.tensor(1.0), torch.tensor(0.5), 2.0).item() == 2.0
+    assert latent_power([torch.full((2, 2), 2.0), torch.zeros(4)]).item() == 2.0  # 16 / 8
+
+
+def test_centroid_term_is_relative_and_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8))
+    latent = model[0].weight.detach().clone()
+    quantizer = quantize_(model, config=None)  # 8 bits, per tensor
+    with torch.no_grad():
+        codebook = quantizer.modules["0"][1]
+        codebook.centroids.add_(0.01)  # every weight 0.01 off its centroid...
+    expected = 0.01**2 / latent.square().mean().item()  # ...relative to the mean square
+    power = latent_power([latent])
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        value = centroid_loss(quantizer, power)
+        ce = classification_loss(torch.randn(3, 4).to(torch.bfloat16), torch.tensor([0, 1, 2]))
+    assert value.dtype == torch.float32 and ce.dtype == torch.float32
+    assert value.item() == pytest.approx(expected, rel=1e-3)

@@ -18,14 +18,16 @@ from speechbrain_quads.models.heads import masked_mean
 @torch.no_grad()
 def pooled_features(encoder: torch.nn.Module, dataset, batch_size: int = 16) -> tuple:
     """(N, C) pooled last-hidden-state features and (N,) labels of a SpeechBrain dataset
-    yielding ``sig`` and ``intent_encoded``; ``encoder(wavs, lens) -> (hidden (L, B, T, C), lens)``.
+    yielding ``sig`` and ``intent_encoded``; ``encoder(wavs, lens) -> (hidden (L, B, T, C), lens)``
+    runs on its parameters' device; the results are float32 on the CPU.
     """
     feats, labels = [], []
+    device = next(encoder.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=PaddedBatch)
     for batch in loader:
         wavs, lens = batch.sig
-        hidden, frame_lens = encoder(wavs, lens)
-        feats.append(masked_mean(hidden[-1], frame_lens))
+        hidden, frame_lens = encoder(wavs.to(device), lens.to(device))
+        feats.append(masked_mean(hidden[-1].float(), frame_lens).cpu())
         labels.append(batch.intent_encoded.data.reshape(-1))
     return torch.cat(feats), torch.cat(labels)
 
