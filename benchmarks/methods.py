@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,7 +32,9 @@ from speechbrain_quads.codebook.quantization import QuantizationConfig, quantize
 from speechbrain_quads.deploy.export import export_model
 from speechbrain_quads.deploy.inference import load_export
 from speechbrain_quads.evaluation.metrics import accuracy, macro_f1
-from speechbrain_quads.experiment import build_datasets
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes" / "SLURP" / "quads"))
+import train as recipe  # noqa: E402  (the SLURP recipe's train.py: its data pipeline)
 
 MB = 2**20
 
@@ -41,9 +44,12 @@ def run_datasets(run_dir: Path) -> tuple[dict[str, DynamicItemDataset], list[str
 
     The run's manifests and saved label encoder are re-used, so class indices match its export.
     """
-    hparams = {"manifest_folder": str(run_dir / "manifests"),
-               "save_folder": str(run_dir / "save"), "sorting": "random"}
-    datasets, encoder = build_datasets(hparams)
+    hparams = {"csv_train": str(run_dir / "train-type=direct.csv"),
+               "csv_valid": str(run_dir / "devel-type=direct.csv"),
+               "csv_test": str(run_dir / "test-type=direct.csv"), "sorting": "random",
+               "train_dataloader_opts": {},
+               "label_encoder_file": str(run_dir / "save" / "label_encoder.txt")}
+    datasets, encoder = recipe.dataio_prepare(hparams)
     return datasets, [encoder.ind2lab[i] for i in range(len(encoder))]
 
 

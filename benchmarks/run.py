@@ -5,15 +5,15 @@
 
 Same data, same student (Whisper tiny.en), same teacher (Whisper base), fixed seeds. Methods:
 
-- ``teacher``: the frozen teacher + a linear probe (``recipes/SLURP/demo.py``'s probe).
-- ``fp_student``: the full-precision distilled student (``hparams/slurp_32bit.yaml``).
+- ``teacher``: the frozen teacher + a linear probe (``recipes/SLURP/quads/demo.py``'s probe).
+- ``fp_student``: the full-precision distilled student (``slurp_32bit.yaml`` of the recipe).
 - ``quads_mct``: QUADS at each bit width (``hparams/slurp_<b>bit.yaml``).
 - ``sequential``: all distillation, then all quantization (``--strategy=sequential``).
 - ``quads_mct_random_init``: QUADS from a randomly initialised student (``--init=random``).
 - ``kmeans_ptq``, ``torch_dynamic_int8``, ``coremltools_dkm``: applied to the fp student
   (``benchmarks/methods.py``).
 
-Training runs are ``recipes/SLURP/train.py`` subprocesses started through ``demo.train`` (one
+Training runs are ``recipes/SLURP/quads/train.py`` subprocesses started through ``demo.train`` (one
 shared teacher cache); every finished run or row is re-used, so an interrupted benchmark
 continues where it stopped (train.py itself resumes from its last checkpoint). Writes
 ``results.md``, ``results.json`` and ``accuracy_vs_size.png`` into ``--output``.
@@ -35,7 +35,7 @@ from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "recipes" / "SLURP"))
+sys.path.insert(0, str(REPO / "recipes" / "SLURP" / "quads"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import demo  # noqa: E402
@@ -47,10 +47,10 @@ CORPUS = {"full": {"n_intents": 12, "n_train": 480, "n_valid": 96, "n_test": 120
                    "n_synthetic": 48, "n_speakers": 14},
           "quick": {"n_intents": 4, "n_train": 24, "n_valid": 8, "n_test": 12,
                     "n_synthetic": 4, "n_speakers": 6}}
-"""Corpus sizes: ``full`` is ``recipes/SLURP/demo.py``'s default; ``quick`` is for CI."""
+"""Corpus sizes: ``full`` is ``recipes/SLURP/quads/demo.py``'s default; ``quick`` is for CI."""
 
 TRAIN_ARGS = {"full": [], "quick": ["--mct_iterations=1"]}
-"""train.py overrides: the full run keeps hparams/quads.yaml's schedule (5 MCT rounds)."""
+"""train.py overrides: the full run keeps the recipe files' schedule (5 MCT rounds)."""
 
 DEFAULT_BITS = {"full": [2, 4, 8], "quick": [2]}
 DEFAULT_SEQUENTIAL_BITS = {"full": [2, 4], "quick": [2]}
@@ -331,7 +331,7 @@ def write_outputs(rows: list[dict], bench: Benchmark, minutes: float, argv: list
         "already in the work folder are re-used, not re-timed).", "",
         f"Corpus: the offline mini SLURP corpus ({corpus}; seed {args.seed}; "
         f"`recipes/mini_corpus`). Teacher Whisper base, student Whisper tiny.en (all 4 layers). "
-        f"train.py overrides: `{' '.join(TRAIN_ARGS[args.size]) or 'none (hparams/quads.yaml)'}`.",
+        f"train.py overrides: `{' '.join(TRAIN_ARGS[args.size]) or 'none (the recipe defaults)'}`.",
         "", report.table(rows), "",
         "## Targets", "", *(report.targets(rows) or ["- (not enough rows to check)"]), "",
         "## What each row is", "",

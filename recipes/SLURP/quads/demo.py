@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """QUADS end to end, offline, on a synthesized SLURP-format mini corpus.
 
-    python recipes/SLURP/demo.py [--output results/demo] [--seed 1]
+    python recipes/SLURP/quads/demo.py [--output results/demo] [--seed 1]
 
 1. Speaks a SLURP-format corpus of our own home-assistant commands (recipes/mini_corpus).
 2. Trains the full-precision distilled student (hparams/slurp_32bit.yaml) and 4-bit QUADS
@@ -23,11 +23,13 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RECIPE = Path(__file__).resolve().parent
-sys.path.insert(0, str(RECIPE.parents[0] / "mini_corpus"))
+sys.path.insert(0, str(RECIPE.parents[1] / "mini_corpus"))
+sys.path.insert(0, str(RECIPE))
 
 import generate  # noqa: E402
+import train as recipe  # noqa: E402  (the recipe's train.py: its data pipeline)
+from hyperpyyaml import load_hyperpyyaml  # noqa: E402
 
-from speechbrain_quads.experiment import build_datasets, load_hparams  # noqa: E402
 from speechbrain_quads.training.probe import linear_probe, pooled_features  # noqa: E402
 
 RUNS = (("Student, full precision (distilled)", "student_fp32", "hparams/slurp_32bit.yaml"),
@@ -58,9 +60,10 @@ def train(hparams: str, corpus: Path, output: Path, args) -> dict:
 
 def probe_teacher(hparams_file: str, corpus: Path, output: Path) -> dict:
     """Accuracy of a linear probe on the frozen teacher's pooled features."""
-    hparams = load_hparams(RECIPE / hparams_file, {"data_folder": str(corpus),
-                                                   "output_folder": str(output)})
-    datasets, encoder = build_datasets(hparams)
+    with open(RECIPE / hparams_file, encoding="utf-8") as handle:
+        hparams = load_hyperpyyaml(handle, {"data_folder": str(corpus),
+                                            "output_folder": str(output)})
+    datasets, encoder = recipe.dataio_prepare(hparams)  # the run's CSVs and label encoder
     teacher = hparams["teacher"]
     print("[demo] probing the frozen teacher (linear classifier on pooled features)", flush=True)
     train = pooled_features(teacher, datasets["train"])
