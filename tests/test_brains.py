@@ -160,6 +160,20 @@ def test_kill_inside_a_quant_phase_and_resume_from_intra_epoch_checkpoint(
         assert torch.equal(value, reference.deployable.state_dict()[key]), key
 
 
+def test_rerun_of_a_finished_experiment_evaluates_the_last_checkpoint(corpus, uninterrupted,
+                                                                       tiny_dir, base_dir):
+    """A recipe re-run after the last epoch: fit has nothing left (no phase is entered), and
+    evaluate scores the recovered quantized model exactly as the last validation did."""
+    _, hparams, _, log = uninterrupted
+    rerun, hparams = make_brain(Path(hparams["output_folder"]), tiny_dir, base_dir)
+    fit(rerun, hparams, corpus[1])
+    assert rerun.phase is None
+    rerun.evaluate(corpus[1], test_loader_kwargs={"batch_size": 8})
+    assert rerun.quantizer.mode == "train"
+    last_valid = float(log[-1].split("valid ACC: ")[1].split(",")[0])  # logged to 3 digits
+    assert rerun.test_stats["ACC"] == pytest.approx(last_valid, abs=5e-3)
+
+
 def test_teacher_cache_is_keyed_by_settings_and_audio(tmp_path, base_dir, clips):
     cache = TeacherCache(str(tmp_path))
     teacher = WhisperTeacher(base_dir)

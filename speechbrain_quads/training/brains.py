@@ -475,8 +475,8 @@ class MCTBrain(QuantizationBrain, DistillationBrain):
 
     def needs_teacher(self, stage) -> bool:
         """Quantization uses the teacher only when distillation is kept at a weight."""
-        if self.phase.kind == QUANT:
-            return stage == sb.Stage.TRAIN and getattr(self.hparams, "quant_distill_weight", 0.0) > 0
+        if stage == sb.Stage.TRAIN and self.phase.kind == QUANT:
+            return getattr(self.hparams, "quant_distill_weight", 0.0) > 0
         return super().needs_teacher(stage)
 
     def loss_terms(self, predictions, targets, stage) -> dict[str, torch.Tensor]:
