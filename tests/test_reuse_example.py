@@ -12,6 +12,16 @@ from training_setup import make_dataset, write_corpus
 from speechbrain_quads.training import brains
 
 REUSE = Path(__file__).parent / "reuse"
+README = Path(__file__).resolve().parents[1] / "README.md"
+TITLE = "## Quantize your own SpeechBrain model"
+
+
+def readme_section() -> str:
+    """The README's reuse section, from its title to the next ``## `` title."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index(TITLE)
+    end = text.find("\n## ", start + len(TITLE))
+    return text[start: end if end >= 0 else len(text)]
 
 
 def fenced(text: str, language: str) -> str:
@@ -25,7 +35,7 @@ def test_readme_section_quantizes_a_speechbrain_xvector_project(tmp_path, monkey
     centroid_loss = brains.centroid_loss
     monkeypatch.setattr(brains, "centroid_loss", lambda *args: centroid_terms.append(
         (term := centroid_loss(*args)).item()) or term)
-    section = (REUSE / "README_section.md").read_text(encoding="utf-8")
+    section = readme_section()
     user_yaml = (REUSE / "intent.yaml").read_text(encoding="utf-8")
     hparams = load_hyperpyyaml(user_yaml + "\n" + fenced(section, "yaml"),
                                {"output_folder": str(tmp_path / "exp")})
@@ -42,7 +52,7 @@ def test_readme_section_quantizes_a_speechbrain_xvector_project(tmp_path, monkey
     # the README snippet, as written
     namespace = {"IntentBrain": IntentBrain, "hparams": hparams, "run_opts": run_opts,
                  "train_data": data, "valid_data": data}
-    exec(compile(fenced(section, "python"), "README_section.md", "exec"), namespace)
+    exec(compile(fenced(section, "python"), "README.md", "exec"), namespace)
     quantized = namespace["quantized"]
 
     assert float_error <= 0.1  # chance is 0.75 (4 intents); measured 0.0 on the training set

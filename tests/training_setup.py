@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 from speech import synthesize_clips
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
 
-from speechbrain_quads.experiment import add_intent_pipelines
 from speechbrain_quads.training.brains import MCTBrain
 
 HPARAMS = Path(__file__).parent / "hparams" / "mct_tiny.yaml"
@@ -43,7 +43,20 @@ def make_dataset(manifest: Path) -> tuple[DynamicItemDataset, CategoricalEncoder
     data = DynamicItemDataset.from_json(str(manifest))
     encoder = CategoricalEncoder()
     encoder.update_from_iterable(sorted(INTENTS))
-    add_intent_pipelines(data, encoder)
+
+    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.provides("sig")
+    def audio_pipeline(wav):
+        return sb.dataio.dataio.read_audio(wav)
+
+    @sb.utils.data_pipeline.takes("intent")
+    @sb.utils.data_pipeline.provides("intent_encoded")
+    def label_pipeline(intent):
+        return encoder.encode_label_torch(intent)
+
+    data.add_dynamic_item(audio_pipeline)
+    data.add_dynamic_item(label_pipeline)
+    data.set_output_keys(["id", "sig", "intent_encoded"])
     return data, encoder
 
 
