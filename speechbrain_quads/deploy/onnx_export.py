@@ -41,6 +41,7 @@ from safetensors import safe_open
 from speechbrain_quads.codebook.packing import CODEBOOK_SUFFIX, FORMAT_NAME, INDICES_SUFFIX
 from speechbrain_quads.deploy.export import MODEL_FILE
 from speechbrain_quads.deploy.inference import load_export
+from speechbrain_quads.deploy.onnx_runtime import ONNX_FORMAT, READABLE_VERSIONS
 from speechbrain_quads.models.features import (
     CHUNK_SAMPLES,
     HOP_LENGTH,
@@ -50,8 +51,7 @@ from speechbrain_quads.models.features import (
 )
 from speechbrain_quads.models.positional import sinusoid_recipe
 
-ONNX_FORMAT = "speechbrain-quads-onnx"
-ONNX_FORMAT_VERSION = "1"
+ONNX_FORMAT_VERSION = READABLE_VERSIONS[-1]
 OPSET = 20
 """ONNX opset of the graph (``Gelu`` needs 20); onnxruntime 1.16 and later run it."""
 POSITIONS_KEY = "student.encoder.embed_positions.weight"
