@@ -36,11 +36,15 @@ EXTRAS_REQUIRE = {
         "espeakng-loader==0.2.4",
     ],
     "bench": ["matplotlib==3.11.2", "coremltools==9.0"],  # benchmarks/run.py: plot, DKM peer
+    # ONNX export (speechbrain_quads.deploy.onnx_export) and the torch-free onnxruntime app
+    # (deploy/onnx_runtime.py, examples/classify_onnx.py; onnx is needed there only for --int8).
+    "onnx": ["onnx==1.23.*", "onnxruntime>=1.20"],
     "dev": [
         "pytest>=8",
         "pytest-timeout>=2.3",
         "ruff>=0.6",
         "ctranslate2>=4.5",
+        "onnx==1.23.*",  # tests/test_onnx_*.py (onnxruntime comes with the demo extra)
     ],
 }
 
