@@ -156,8 +156,52 @@ def test_slurp_splits_speakers_and_labels(slurp_dir):
     assert len(intents["train.jsonl"]) == SLURP_ARGS["n_intents"]
     assert intents["devel.jsonl"] <= intents["train.jsonl"]
     assert intents["test.jsonl"] <= intents["train.jsonl"]
-    sentences = [line["sentence"] for lines in parts.values() for line in lines]
-    assert len(sentences) == len(set(sentences)), "a sentence repeats across lines"
+
+
+def _template_pattern(template: str) -> re.Pattern:
+    """A regex matching the sentences of a grammar template, with an optional opening."""
+    body = re.sub(r"\\\{[a-z_]+\\\}", ".+", re.escape(template))
+    return re.compile(f"(?:(?:hey|okay|right|so) )?{body}")
+
+
+def test_slurp_splits_share_no_sentence_and_no_template(slurp_dir):
+    parts = _slurp_parts(slurp_dir)
+    keys = {name: {grammar.normalise(line["sentence"]) for line in lines}
+            for name, lines in parts.items()}
+    train = keys["train.jsonl"] | keys["train_synthetic.jsonl"]
+    assert not train & keys["devel.jsonl"]
+    assert not train & keys["test.jsonl"]
+    assert not keys["devel.jsonl"] & keys["test.jsonl"]
+    templates = {intent.label: intent.templates for intent in grammar.SLURP_INTENTS}
+
+    def used(lines: list[dict]) -> set[tuple[str, str]]:
+        found = set()
+        for line in lines:
+            matches = [t for t in templates[line["intent"]]
+                       if _template_pattern(t).fullmatch(line["sentence"])]
+            assert matches, line["sentence"]
+            found.update((line["intent"], t) for t in matches)
+        return found
+
+    train_templates = used(parts["train.jsonl"] + parts["train_synthetic.jsonl"])
+    assert not train_templates & used(parts["devel.jsonl"])
+    assert not train_templates & used(parts["test.jsonl"])
+
+
+def test_heldout_speakers_come_from_other_voice_families(slurp_dir, fsc_dir):
+    for corpus in (slurp_dir, fsc_dir):
+        manifest = json.loads((corpus / generate.MANIFEST).read_text())
+        kinds = manifest["voices"]
+        speakers = {split: manifest["splits"][split]["speakers"] for split in generate.SPLITS}
+        pairs = {split: [kinds[name]["voice"].split("+") for name in names
+                         if kinds[name]["type"] == "EspeakSpeaker"]
+                 for split, names in speakers.items()}
+        for held in ("valid", "test"):
+            assert {kinds[name]["type"] for name in speakers[held]} == {"EspeakSpeaker"}
+            for accent, variant in pairs[held]:
+                assert all(accent != a and variant != v for a, v in pairs["train"])
+        assert {variant for _, variant in pairs["valid"]}.isdisjoint(
+            variant for _, variant in pairs["test"])
 
 
 def test_slurp_labels_are_deterministic(slurp_dir):
@@ -210,6 +254,28 @@ def test_fsc_speakers_disjoint_and_labels_in_train(fsc_dir):
     assert labels["valid"] <= labels["train"] and labels["test"] <= labels["train"]
 
 
+def test_fsc_splits_share_no_phrase_and_no_template(fsc_dir):
+    splits = _fsc_splits(fsc_dir)
+    keys = {split: {grammar.normalise(r["transcription"]) for r in rows}
+            for split, rows in splits.items()}
+    assert not keys["train"] & keys["valid"] and not keys["train"] & keys["test"]
+    assert not keys["valid"] & keys["test"]
+
+    def used(rows: list[dict]) -> set[tuple[str, str]]:
+        found = set()
+        for row in rows:
+            location = "" if row["location"] == "none" else f" in the {row['location']}"
+            matches = {(row["action"], t) for t in grammar.FSC_ACTIONS[row["action"]]
+                       if t.format(object=row["object"], location=location).lower()
+                       == row["transcription"].lower()}
+            assert len(matches) == 1, row["transcription"]
+            found |= matches
+        return found
+
+    train = used(splits["train"])
+    assert not train & used(splits["valid"]) and not train & used(splits["test"])
+
+
 def test_fsc_labels_are_deterministic(fsc_dir):
     plan = generate.plan_fsc(**FSC_ARGS)
     assert plan.tables == generate.plan_fsc(**FSC_ARGS).tables
@@ -246,6 +312,10 @@ def test_bad_sizes_are_reported():
         generate.plan_slurp(n_train=3, n_intents=6)
     with pytest.raises(ValueError, match="n_speakers"):
         generate.plan_fsc(n_speakers=2, n_heldout_speakers=1)
+    with pytest.raises(ValueError, match="templates_per_intent"):
+        generate.plan_slurp(templates_per_intent=2)
+    with pytest.raises(ValueError, match="phrases_per_intent"):
+        generate.plan_fsc(phrases_per_intent=2)
 
 
 def test_cli_help(capsys):
@@ -269,10 +339,29 @@ def test_grammar_is_balanced_and_consistent():
     assert set(counts.values()) == {5}
     commands = grammar.fsc_commands(None, phrases_per_intent=5, seed=0)
     assert len({c.label for c in commands}) == len(commands)
-    assert all(len(set(c.phrases)) == 5 for c in commands)
+    for command in commands:
+        phrases = [p for split in grammar.SPLITS for p in command.phrases[split]]
+        assert len(set(phrases)) == 5
+        assert [len(command.phrases[split]) for split in grammar.SPLITS] == [3, 1, 1]
+    split = grammar.split_templates(list(grammar.SLURP_INTENTS), seed=0)
+    for intent in grammar.SLURP_INTENTS:
+        chosen = [t for name in grammar.SPLITS for t in split[name][intent.label]]
+        assert sorted(chosen) == sorted(intent.templates)
+        assert len(split["test"][intent.label]) == len(split["valid"][intent.label]) == 1
+
+
+def test_sampling_never_returns_an_excluded_sentence():
+    joke = [i for i in grammar.SLURP_INTENTS if i.label == "general_joke"]
+    every = {grammar.normalise(t) for t in joke[0].templates}
+    kept = grammar.sample_slurp(20, seed=1, intents=joke, exclude=every - {"make me laugh"})
+    assert {grammar.normalise(u.sentence) for u in kept} == {"make me laugh"}
+    with pytest.raises(ValueError, match="excluded"):
+        grammar.sample_slurp(1, seed=1, intents=joke, exclude=every)
 
 
 def test_speaker_pool_is_distinct_mixed_and_deterministic():
+    pool = voices.speaker_pool(40, seed=7)
+    assert len({voice.name for voice in pool}) == 40
     pool = voices.speaker_pool(10, seed=7)
     assert len({voice.name for voice in pool}) == 10
     kinds = {type(voice) for voice in pool}

@@ -72,28 +72,16 @@ _ANNOTATED = re.compile(r"\[([a-z_]+) : ([^\]]+)\]")
 # Speakers
 
 
-def split_speakers(
-    pool: list[voices.Voice], n_heldout: int
-) -> dict[str, list[voices.Voice]]:
-    """Split a speaker pool into disjoint train/valid/test sets.
+def split_speakers(n_speakers: int, n_heldout: int, seed: int) -> dict[str, list[voices.Voice]]:
+    """Disjoint train/valid/test speakers from disjoint voice families (``voices.split_pools``).
 
-    Piper and eSpeak speakers are interleaved (Piper first) before the split, so held-out sets
-    of two or more speakers contain both kinds. Test takes the first ``n_heldout`` speakers,
-    valid the next ``n_heldout``, train the rest (at least one).
+    Test and valid get ``n_heldout`` speakers each, train the other ``n_speakers - 2 *
+    n_heldout`` (at least one).
     """
-    if n_heldout < 1 or len(pool) < 2 * n_heldout + 1:
+    if n_heldout < 1 or n_speakers < 2 * n_heldout + 1:
         raise ValueError(f"need n_speakers >= 2 * n_heldout_speakers + 1 and n_heldout >= 1, "
-                         f"got {len(pool)} speakers and n_heldout={n_heldout}")
-    piper = [voice for voice in pool if isinstance(voice, voices.PiperSpeaker)]
-    others = [voice for voice in pool if not isinstance(voice, voices.PiperSpeaker)]
-    interleaved = [voice for pair in zip(piper, others, strict=False) for voice in pair]
-    shorter = min(len(piper), len(others))
-    interleaved += piper[shorter:] + others[shorter:]
-    return {
-        "test": interleaved[:n_heldout],
-        "valid": interleaved[n_heldout:2 * n_heldout],
-        "train": interleaved[2 * n_heldout:],
-    }
+                         f"got {n_speakers} speakers and n_heldout={n_heldout}")
+    return voices.split_pools(n_speakers - 2 * n_heldout, n_heldout, seed)
 
 
 class _SpeakerCycle:
@@ -141,11 +129,15 @@ def _init_worker() -> None:
 
 
 def _run_job(job: Job, root: str) -> tuple[str, float]:
-    """Synthesize and write one file; returns ``(path, duration in seconds)``."""
+    """Synthesize and write one file (under a temporary name, then renamed, so a file that
+    exists is whole); returns ``(path, duration in seconds)``."""
     wave = voices.render(job.voice, job.text, job.variation)
     target = Path(root) / job.path
     target.parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(target, wave.numpy(), voices.SAMPLE_RATE, subtype="PCM_16")
+    partial = target.with_name(f".{target.name}.part")
+    soundfile.write(partial, wave.numpy(), voices.SAMPLE_RATE, subtype="PCM_16",
+                    format=target.suffix[1:].upper())
+    os.replace(partial, target)
     return job.path, wave.numel() / voices.SAMPLE_RATE
 
 
@@ -154,7 +146,8 @@ def _run_job_star(arguments: tuple[Job, str]) -> tuple[str, float]:
 
 
 def synthesize_jobs(jobs: list[Job], root: Path, num_workers: int, desc: str) -> dict[str, float]:
-    """Synthesize ``jobs`` under ``root`` with a tqdm progress bar.
+    """Synthesize ``jobs`` under ``root`` with a tqdm progress bar; files already there (left by
+    an interrupted resumable run) are kept.
 
     Args:
         jobs: files to write.
@@ -164,11 +157,13 @@ def synthesize_jobs(jobs: list[Job], root: Path, num_workers: int, desc: str) ->
         desc: progress-bar label.
 
     Returns:
-        duration in seconds of each written file, by relative path.
+        duration in seconds of each file, by relative path.
     """
-    tasks = [(job, str(root)) for job in jobs]
-    durations: dict[str, float] = {}
-    with tqdm(total=len(jobs), desc=desc, unit="utt", file=sys.stderr) as progress:
+    durations = {job.path: soundfile.info(root / job.path).duration
+                 for job in jobs if (root / job.path).is_file()}
+    tasks = [(job, str(root)) for job in jobs if job.path not in durations]
+    with tqdm(total=len(jobs), initial=len(durations), desc=desc, unit="utt",
+              file=sys.stderr) as progress:
         if num_workers <= 1:
             caller_threads = torch.get_num_threads()
             torch.set_num_threads(1)
@@ -178,7 +173,7 @@ def synthesize_jobs(jobs: list[Job], root: Path, num_workers: int, desc: str) ->
                     progress.update()
             finally:
                 torch.set_num_threads(caller_threads)
-        else:
+        elif tasks:
             context = multiprocessing.get_context("spawn")
             with context.Pool(num_workers, _init_worker) as pool:
                 for path, seconds in pool.imap_unordered(_run_job_star, tasks, chunksize=1):
@@ -215,29 +210,51 @@ def is_complete(out_dir: str | Path) -> bool:
     return (Path(out_dir) / MANIFEST).is_file()
 
 
+RESUME_KEY = "resume.json"
+"""File in a resumable staging folder holding the arguments of the run that started it."""
+
+
 @contextmanager
-def _staging(out_dir: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a hidden staging folder; on success rename it to ``out_dir``, else delete it."""
+def _staging(out_dir: Path, overwrite: bool, resume_key: dict | None = None) -> Iterator[Path]:
+    """Yield a hidden staging folder; on success rename it to ``out_dir``.
+
+    Without ``resume_key`` the folder is ``.OUT_DIR.partial-<pid>`` and is deleted on failure.
+    With it, the folder is ``.OUT_DIR.partial``, kept on failure and re-used by the next run
+    whose ``resume_key`` (the generation arguments) is the same; otherwise it is emptied.
+    """
     if out_dir.exists() and not overwrite:
         state = "a complete corpus" if is_complete(out_dir) else "not a complete corpus"
         raise FileExistsError(f"{out_dir} already exists ({state}); pass overwrite=True "
                               f"(--overwrite) to replace it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(out_dir)
-    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    if resume_key is None:
+        staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+        staging = out_dir.parent / f".{out_dir.name}.partial"
+        key_file = staging / RESUME_KEY
+        if not key_file.is_file() or json.loads(key_file.read_text()) != resume_key:
+            shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(exist_ok=True)
+    if resume_key is not None:
+        (staging / RESUME_KEY).write_text(json.dumps(resume_key))
+    succeeded = False
     try:
         yield staging
         if not is_complete(staging):
             raise RuntimeError(f"{staging} has no {MANIFEST}: generation did not finish")
+        if resume_key is not None:
+            (staging / RESUME_KEY).unlink()
         if out_dir.exists():
             trash = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
             out_dir.rename(trash)
             shutil.rmtree(trash)
         staging.rename(out_dir)
+        succeeded = True
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if resume_key is None or succeeded:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _write_manifest(root: Path, manifest: dict) -> None:
@@ -305,18 +322,22 @@ def _write_table(path: Path, rows: list) -> None:
 
 
 def build(out_dir: str | Path, plan: CorpusPlan, arguments: dict, num_workers: int = 2,
-          overwrite: bool = False) -> Path:
+          overwrite: bool = False, resumable: bool = False, extra: dict | None = None) -> Path:
     """Synthesize ``plan``'s audio and write its tables and manifest, atomically, to
-    ``out_dir``; ``arguments`` are recorded in the manifest."""
+    ``out_dir``; ``arguments`` and ``extra`` are recorded in the manifest. ``resumable``: an
+    interrupted run leaves its staging folder, and a new run with the same arguments keeps its
+    audio."""
     out_dir = Path(out_dir)
     start = time.perf_counter()
-    with _staging(out_dir, overwrite) as root:
+    resume_key = {"kind": plan.kind, **arguments} if resumable else None
+    with _staging(out_dir, overwrite, resume_key) as root:
         all_jobs = [job for part_jobs in plan.jobs.values() for job in part_jobs]
         durations = synthesize_jobs(all_jobs, root, num_workers, plan.kind)
         for relative, rows in plan.tables.items():
             _write_table(root / relative, rows)
-        _write_manifest(root, _manifest(plan.kind, arguments, plan.speakers, plan.jobs,
-                                        durations, time.perf_counter() - start))
+        manifest = _manifest(plan.kind, arguments, plan.speakers, plan.jobs, durations,
+                             time.perf_counter() - start)
+        _write_manifest(root, {**manifest, **(extra or {})})
     return out_dir
 
 
@@ -409,29 +430,34 @@ def plan_slurp(
         n_speakers: speakers in all (see ``voices.speaker_pool``).
         n_heldout_speakers: speakers in devel and in test each (disjoint from train).
         n_intents: intents used (None = all of ``grammar.SLURP_INTENTS``).
-        templates_per_intent: templates per intent (None = all).
+        templates_per_intent: templates per intent (None = all; at least 3: one is held out
+            for test and one for valid, see ``grammar.split_templates``).
         second_recording_share: probability that a line gets a second recording by another
             speaker of its split (real SLURP lines have several).
         seed: random seed for speakers, sentences and variations.
 
     Returns:
-        a ``CorpusPlan``; sentences never repeat across splits while the grammar allows it.
+        a ``CorpusPlan``; no sentence repeats across splits, even after ``grammar.normalise``
+        (openers such as "hey" dropped), and valid/test sentences come from held-out templates.
     """
     intents = grammar.slurp_intents(n_intents, seed)
     if n_train < len(intents):
         raise ValueError(f"n_train ({n_train}) must be >= the number of intents ({len(intents)})")
-    speakers = split_speakers(voices.speaker_pool(n_speakers, seed), n_heldout_speakers)
+    speakers = split_speakers(n_speakers, n_heldout_speakers, seed)
     speakers["train_synthetic"] = speakers["train"]
+    templates = grammar.split_templates(intents, seed, templates_per_intent)
     sizes = {"train": n_train, "valid": n_valid, "test": n_test, "train_synthetic": n_synthetic}
     rng = random.Random(seed)
     counters = {"file": 0, "slurp_id": 0}
-    seen: set[str] = set()
+    keys: dict[str, set[str]] = {split: set() for split in SPLITS}
     tables: dict[str, list] = {}
     jobs: dict[str, list[Job]] = {}
     for index, (part, file_name) in enumerate(SLURP_FILES.items()):
+        split = "train" if part == "train_synthetic" else part
+        others = set().union(*(found for name, found in keys.items() if name != split))
         drawn = grammar.sample_slurp(sizes[part], seed * 1000 + index, intents,
-                                     templates_per_intent, exclude=seen)
-        seen.update(utterance.sentence for utterance in drawn)
+                                     templates[split], exclude=others)
+        keys[split].update(grammar.normalise(utterance.sentence) for utterance in drawn)
         cycle = _SpeakerCycle(speakers[part], rng)
         audio_dir = "slurp_synth" if part == "train_synthetic" else "slurp_real"
         tables[file_name], jobs[part] = _slurp_split(
@@ -476,16 +502,17 @@ def generate_slurp(
 
 
 def _fsc_split(
-    n_files: int, commands: list[grammar.FscCommand], cycle: _SpeakerCycle,
+    split: str, n_files: int, commands: list[grammar.FscCommand], cycle: _SpeakerCycle,
     rng: random.Random, seed: int,
 ) -> tuple[list[list], list[Job]]:
-    """CSV rows and jobs of one FSC split: commands in a shuffled round-robin (balanced)."""
+    """CSV rows and jobs of one FSC split: commands in a shuffled round-robin (balanced), each
+    said with one of its ``split`` paraphrases."""
     rows, jobs, order = [], [], []
     for index in range(n_files):
         if not order:
             order = rng.sample(commands, len(commands))
         command = order.pop()
-        phrase = rng.choice(command.phrases)
+        phrase = rng.choice(command.phrases[split])
         voice = cycle.take(1)[0]
         path = f"wavs/speakers/{voice.name}/{uuid.UUID(int=rng.getrandbits(128), version=4)}.wav"
         transcription = phrase[0].upper() + phrase[1:]
@@ -512,7 +539,8 @@ def plan_fsc(
         n_speakers: speakers in all.
         n_heldout_speakers: speakers in valid and in test each (disjoint from train).
         n_intents: (action, object, location) triples (None = every valid triple).
-        phrases_per_intent: paraphrases per triple (1-5).
+        phrases_per_intent: paraphrases per triple (3-5: one for test and one for valid from
+            held-out templates, the rest for train; see ``grammar.fsc_commands``).
         seed: random seed.
 
     Returns:
@@ -522,14 +550,14 @@ def plan_fsc(
     if n_train < len(commands):
         raise ValueError(f"n_train ({n_train}) must be >= the number of intents "
                          f"({len(commands)})")
-    speakers = split_speakers(voices.speaker_pool(n_speakers, seed), n_heldout_speakers)
+    speakers = split_speakers(n_speakers, n_heldout_speakers, seed)
     rng = random.Random(seed)
     sizes = {"train": n_train, "valid": n_valid, "test": n_test}
     tables: dict[str, list] = {}
     jobs: dict[str, list[Job]] = {}
     for split in SPLITS:
         cycle = _SpeakerCycle(speakers[split], rng)
-        rows, jobs[split] = _fsc_split(sizes[split], commands, cycle, rng, seed)
+        rows, jobs[split] = _fsc_split(split, sizes[split], commands, cycle, rng, seed)
         tables[f"data/{split}_data.csv"] = [FSC_HEADER, *rows]
     return CorpusPlan("fsc", speakers, jobs, tables)
 
@@ -567,50 +595,86 @@ def generate_fsc(
 
 
 def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="output folder (must not "
+                        "exist unless --overwrite)")
+    common.add_argument("--seed", type=int, default=None,
+                        help="random seed (default: 0 for slurp/fsc, 1 for slurp-text)")
+    common.add_argument("--num-workers", type=int, default=2, help="synthesis processes")
+    common.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
+    sizes = argparse.ArgumentParser(add_help=False)
+    sizes.add_argument("--n-train", type=int, default=200, help="train audio files")
+    sizes.add_argument("--n-valid", type=int, default=40, help="valid (SLURP devel) files")
+    sizes.add_argument("--n-test", type=int, default=40, help="test audio files")
+    sizes.add_argument("--n-speakers", type=int, default=8, help="speakers in all")
+    sizes.add_argument("--n-heldout-speakers", type=int, default=1,
+                       help="speakers in valid and in test each, disjoint from train")
     parser = argparse.ArgumentParser(
-        description="Generate a small SLURP-format or Fluent-Speech-Commands-format corpus "
-                    "with offline voices (Piper, Praat pseudo-speakers, eSpeak NG). Needs the "
-                    "'demo' extra. Output is written to a hidden staging folder and renamed to "
-                    "OUT_DIR when complete (with a mini_corpus.json manifest).",
+        description="Generate a SLURP-format or Fluent-Speech-Commands-format corpus with "
+                    "offline voices (Piper, Praat pseudo-speakers, eSpeak NG) into OUT_DIR. "
+                    "Needs the 'demo' extra. Output is written to a hidden staging folder and "
+                    "renamed to OUT_DIR when complete (with a mini_corpus.json manifest).",
         epilog="Examples: generate.py slurp /tmp/slurp_mini --n-train 200 --seed 1 ; "
-               "generate.py fsc /tmp/fsc_mini --n-intents 16 --n-speakers 10",
+               "generate.py fsc /tmp/fsc_mini --n-intents 16 --n-speakers 10 ; "
+               "generate.py slurp-text --source slurp/dataset/slurp/devel.jsonl /tmp/slurp_text",
     )
-    parser.add_argument("format", choices=("slurp", "fsc"), help="dataset layout to write")
-    parser.add_argument("out_dir", type=Path, help="output folder (must not exist)")
-    parser.add_argument("--n-train", type=int, default=200, help="train audio files")
-    parser.add_argument("--n-valid", type=int, default=40, help="valid (SLURP devel) files")
-    parser.add_argument("--n-test", type=int, default=40, help="test audio files")
-    parser.add_argument("--n-synthetic", type=int, default=20,
-                        help="SLURP only: files in train_synthetic.jsonl")
-    parser.add_argument("--n-speakers", type=int, default=8, help="speakers in all")
-    parser.add_argument("--n-heldout-speakers", type=int, default=1,
-                        help="speakers in valid and in test each, disjoint from train")
-    parser.add_argument("--n-intents", type=int, default=None,
-                        help="intents to use (default: SLURP all 33, FSC 16)")
-    parser.add_argument("--templates-per-intent", type=int, default=None,
-                        help="SLURP only: templates per intent (default all)")
-    parser.add_argument("--phrases-per-intent", type=int, default=4,
-                        help="FSC only: paraphrases per intent (1-5)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--num-workers", type=int, default=2, help="synthesis processes")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
+    commands = parser.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    slurp = commands.add_parser("slurp", parents=[common, sizes],
+                                help="SLURP layout, sentences of our grammar")
+    slurp.add_argument("--n-synthetic", type=int, default=20,
+                       help="files in train_synthetic.jsonl")
+    slurp.add_argument("--n-intents", type=int, default=None, help="intents (default all 33)")
+    slurp.add_argument("--templates-per-intent", type=int, default=None,
+                       help="templates per intent (default all, at least 3)")
+    fsc = commands.add_parser("fsc", parents=[common, sizes],
+                              help="Fluent Speech Commands layout, phrases of our grammar")
+    fsc.add_argument("--n-intents", type=int, default=16, help="intents (default 16 of 110)")
+    fsc.add_argument("--phrases-per-intent", type=int, default=4,
+                     help="paraphrases per intent (3-5; one is test's, one valid's)")
+    text = commands.add_parser("slurp-text", parents=[common],
+                               help="SLURP layout, the sentences and labels of a SLURP jsonl")
+    text.add_argument("--source", type=Path, required=True,
+                      help="SLURP-format jsonl to speak (e.g. SLURP's dataset/slurp/devel.jsonl)")
+    text.add_argument("--valid-share", type=float, default=0.15,
+                      help="fraction of each intent's sentences in valid")
+    text.add_argument("--test-share", type=float, default=0.3,
+                      help="fraction of each intent's sentences in test")
+    text.add_argument("--max-train-lines", type=int, default=None,
+                      help="keep at most about this many train lines (default all)")
+    text.add_argument("--synthetic-share", type=float, default=0.1,
+                      help="fraction of train lines in train_synthetic.jsonl")
+    text.add_argument("--valid-recordings", type=int, default=2,
+                      help="speakers saying each valid line")
+    text.add_argument("--test-recordings", type=int, default=2,
+                      help="speakers saying each test line")
+    text.add_argument("--n-train-speakers", type=int, default=36, help="training speakers")
     return parser
 
 
 def main(argv: list[str] | None = None) -> Path:
     """Command-line entry point; returns the corpus folder."""
     args = _parser().parse_args(argv)
-    common = dict(n_train=args.n_train, n_valid=args.n_valid, n_test=args.n_test,
-                  n_speakers=args.n_speakers, n_heldout_speakers=args.n_heldout_speakers,
-                  seed=args.seed, num_workers=args.num_workers, overwrite=args.overwrite)
-    if args.format == "slurp":
-        out = generate_slurp(args.out_dir, n_synthetic=args.n_synthetic,
-                             n_intents=args.n_intents,
-                             templates_per_intent=args.templates_per_intent, **common)
+    run = dict(num_workers=args.num_workers, overwrite=args.overwrite)
+    if args.format == "slurp-text":
+        import slurp_text
+
+        out = slurp_text.generate_slurp_text(
+            args.source, args.out_dir, seed=1 if args.seed is None else args.seed,
+            valid_share=args.valid_share, test_share=args.test_share,
+            max_train_lines=args.max_train_lines, synthetic_share=args.synthetic_share,
+            valid_recordings=args.valid_recordings, test_recordings=args.test_recordings,
+            n_train_speakers=args.n_train_speakers, **run)
     else:
-        n_intents = 16 if args.n_intents is None else args.n_intents
-        out = generate_fsc(args.out_dir, n_intents=n_intents,
-                           phrases_per_intent=args.phrases_per_intent, **common)
+        common = dict(n_train=args.n_train, n_valid=args.n_valid, n_test=args.n_test,
+                      n_speakers=args.n_speakers, n_heldout_speakers=args.n_heldout_speakers,
+                      seed=0 if args.seed is None else args.seed, n_intents=args.n_intents,
+                      **run)
+        if args.format == "slurp":
+            out = generate_slurp(args.out_dir, n_synthetic=args.n_synthetic,
+                                 templates_per_intent=args.templates_per_intent, **common)
+        else:
+            out = generate_fsc(args.out_dir, phrases_per_intent=args.phrases_per_intent,
+                               **common)
     with open(out / MANIFEST, encoding="utf-8") as handle:
         manifest = json.load(handle)
     print(f"wrote {out} in {manifest['generation_seconds']} s: "

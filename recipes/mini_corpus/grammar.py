@@ -19,6 +19,33 @@ from dataclasses import dataclass
 
 _SLOT = re.compile(r"\{([a-z_]+)\}")
 
+SPLITS = ("train", "valid", "test")
+
+FILLER_OPENERS = frozenset((
+    "hey", "hi", "hello", "okay", "ok", "so", "right", "well", "now", "oh", "um", "uh", "and",
+    "please", "siri", "olly", "ollie", "alexa", "google", "computer",
+))
+"""Words dropped from the start of a sentence by ``normalise`` (greetings, wake words, fillers)."""
+
+FILLER_CLOSERS = frozenset(("please", "thanks", "now"))
+"""Words dropped from the end of a sentence by ``normalise``."""
+
+
+def normalise(sentence: str) -> str:
+    """The comparison key of a sentence: lower case, letters and digits only (apostrophes
+    dropped: ``what's`` -> ``whats``), without filler openers (``hey``, ``okay``, ``so``,
+    ``please``, wake words...) and closers (``please``, ``thanks``, ``now``).
+
+    Two sentences with the same key count as the same sentence when splits are kept apart.
+    """
+    words = re.sub(r"[^a-z0-9 ]+", " ", sentence.lower().replace("'", "")).split()
+    start, end = 0, len(words)
+    while start < end and words[start] in FILLER_OPENERS:
+        start += 1
+    while end > start and words[end - 1] in FILLER_CLOSERS:
+        end -= 1
+    return " ".join(words[start:end])
+
 # ---------------------------------------------------------------------------------------------
 # SLURP-format grammar
 
@@ -250,51 +277,89 @@ def slurp_intents(n_intents: int | None = None, seed: int = 0) -> list[SlurpInte
     return [intent for intent in SLURP_INTENTS if intent in chosen]
 
 
+def split_templates(
+    intents: list[SlurpIntent], seed: int = 0, templates_per_intent: int | None = None
+) -> dict[str, dict[str, tuple[str, ...]]]:
+    """Hold templates out per split: for every intent one template is test's, one valid's and
+    the rest (at least one) train's, so no valid or test sentence comes from a template seen in
+    training.
+
+    The first ``templates_per_intent`` templates of an intent (all if None, at least 3) are
+    shuffled with ``seed``; templates with slots go to test and valid first (they give more
+    distinct sentences than a fixed phrase).
+
+    Returns:
+        ``{split: {intent label: templates}}`` for ``SPLITS``.
+    """
+    if templates_per_intent is not None and templates_per_intent < 3:
+        raise ValueError(f"templates_per_intent must be >= 3 (one held out for test, one for "
+                         f"valid, the rest for train), got {templates_per_intent}")
+    rng = random.Random(f"templates|{seed}")
+    chosen: dict[str, dict[str, tuple[str, ...]]] = {split: {} for split in SPLITS}
+    for intent in intents:
+        templates = intent.templates[:templates_per_intent]
+        if len(templates) < 3:
+            raise ValueError(f"{intent.label}: {len(templates)} templates, 3 needed to hold "
+                             f"some out")
+        order = sorted(rng.sample(templates, len(templates)), key=lambda t: not _SLOT.search(t))
+        chosen["test"][intent.label] = (order[0],)
+        chosen["valid"][intent.label] = (order[1],)
+        chosen["train"][intent.label] = tuple(order[2:])
+    return chosen
+
+
 def sample_slurp(
     n: int,
     seed: int = 0,
     intents: list[SlurpIntent] | None = None,
-    templates_per_intent: int | None = None,
+    templates: dict[str, tuple[str, ...]] | None = None,
     exclude: set[str] | frozenset[str] = frozenset(),
     max_tries: int = 20,
 ) -> list[SlurpUtterance]:
     """Draw ``n`` SLURP-format sentences, balanced over intents, distinct where possible.
 
     Intents are visited in a seed-shuffled round-robin, so each appears ``n // len(intents)``
-    or one more times (all of them once ``n >= len(intents)``). Each draw picks a template
-    (among the first ``templates_per_intent`` of the intent), fillers and an optional opening;
-    a sentence already drawn or in ``exclude`` is redrawn up to ``max_tries`` times, then kept.
+    or one more times (all of them once ``n >= len(intents)``). Each draw picks a template,
+    fillers and an optional opening. A sentence whose ``normalise`` key is in ``exclude`` is
+    never returned (redrawn up to ``max_tries`` times, then an error); one already drawn here
+    is redrawn up to ``max_tries`` times, then kept.
 
     Args:
         n: number of sentences.
         seed: random seed; same arguments, same list.
         intents: the intents to use (see ``slurp_intents``); None = all of ``SLURP_INTENTS``.
-        templates_per_intent: how many templates per intent to use; None = all.
-        exclude: sentences to avoid (e.g. those of another split).
-        max_tries: redraws allowed for a duplicate sentence.
+        templates: templates to use per intent label (see ``split_templates``); None = all.
+        exclude: sentences (or their ``normalise`` keys) that must not be drawn, e.g. those of
+            the other splits.
+        max_tries: redraws allowed for an excluded or repeated sentence.
 
     Returns:
         list of ``n`` ``SlurpUtterance``.
     """
-    if templates_per_intent is not None and templates_per_intent < 1:
-        raise ValueError(f"templates_per_intent must be >= 1, got {templates_per_intent}")
     intents = list(SLURP_INTENTS) if intents is None else intents
     if not intents:
         raise ValueError("sample_slurp: intents is empty")
     rng = random.Random(seed)
-    seen = set(exclude)
+    blocked = {normalise(sentence) for sentence in exclude}
+    seen: set[str] = set()
     utterances: list[SlurpUtterance] = []
     order: list[SlurpIntent] = []
     while len(utterances) < n:
         if not order:
             order = rng.sample(intents, len(intents))
         intent = order.pop()
-        templates = intent.templates[:templates_per_intent]
+        choices = intent.templates if templates is None else templates[intent.label]
+        drawn = None
         for _ in range(max_tries):
-            drawn = fill_template(rng.choice(templates), rng, rng.choice(_SLURP_PREFIXES))
-            if drawn.sentence not in seen:
+            candidate = fill_template(rng.choice(choices), rng, rng.choice(_SLURP_PREFIXES))
+            if normalise(candidate.sentence) in blocked:
+                continue
+            drawn = candidate
+            if normalise(candidate.sentence) not in seen:
                 break
-        seen.add(drawn.sentence)
+        if drawn is None:
+            raise ValueError(f"{intent.label}: every draw from {choices} is excluded")
+        seen.add(normalise(drawn.sentence))
         utterances.append(SlurpUtterance(intent.scenario, intent.action, drawn.sentence,
                                          drawn.annotation, drawn.entities))
     return utterances
@@ -342,12 +407,17 @@ FSC_LOCATIONS: tuple[str, ...] = ("none", "office", "nursery", "lounge", "attic"
 
 @dataclass(frozen=True)
 class FscCommand:
-    """One FSC-format (action, object, location) triple and its paraphrases."""
+    """One FSC-format (action, object, location) triple and its paraphrases per split.
+
+    Attributes:
+        phrases: ``{split: paraphrases}`` for ``SPLITS``; no paraphrase template of valid or
+            test is used by train (see ``fsc_commands``).
+    """
 
     action: str
     object: str
     location: str
-    phrases: tuple[str, ...]
+    phrases: dict[str, tuple[str, ...]]
 
     @property
     def label(self) -> str:
@@ -365,16 +435,22 @@ def fsc_commands(
 ) -> list[FscCommand]:
     """Build ``n_intents`` FSC-format triples (all valid ones if None) with their paraphrases.
 
+    The templates of each action are split once per seed: one is test's, one valid's, the
+    other three train's, so a valid or test phrase never follows a template used in training.
+    Each triple gets one test phrase, one valid phrase and ``phrases_per_intent - 2`` train
+    phrases.
+
     Args:
         n_intents: number of (action, object, location) triples, chosen with ``seed``.
-        phrases_per_intent: paraphrases per triple (1-5).
+        phrases_per_intent: paraphrases per triple (3-5).
         seed: random seed; same arguments, same list.
 
     Returns:
         list of ``FscCommand`` sorted by label.
     """
-    if not 1 <= phrases_per_intent <= 5:
-        raise ValueError(f"phrases_per_intent must be in 1..5, got {phrases_per_intent}")
+    if not 3 <= phrases_per_intent <= 5:
+        raise ValueError(f"phrases_per_intent must be in 3..5 (one held out for test, one for "
+                         f"valid, the rest for train), got {phrases_per_intent}")
     rng = random.Random(seed)
     triples = [(action, obj, location) for obj, actions in FSC_OBJECTS.items()
                for action in actions for location in FSC_LOCATIONS]
@@ -382,10 +458,15 @@ def fsc_commands(
         if not 1 <= n_intents <= len(triples):
             raise ValueError(f"n_intents must be in 1..{len(triples)}, got {n_intents}")
         triples = rng.sample(triples, n_intents)
+    held_out = {action: rng.sample(templates, len(templates))
+                for action, templates in FSC_ACTIONS.items()}
     commands = []
     for action, obj, location in sorted(triples):
-        templates = rng.sample(FSC_ACTIONS[action], phrases_per_intent)
-        phrases = tuple(t.format(object=obj, location=_location_phrase(location))
-                        for t in templates)
+        test, valid, *train = held_out[action]
+        by_split = {"train": rng.sample(train, phrases_per_intent - 2), "valid": [valid],
+                    "test": [test]}
+        phrases = {split: tuple(t.format(object=obj, location=_location_phrase(location))
+                                for t in templates)
+                   for split, templates in by_split.items()}
         commands.append(FscCommand(action, obj, location, phrases))
     return sorted(commands, key=lambda command: command.label)

