@@ -116,14 +116,19 @@ def test_split_keeps_sentences_apart_and_is_stratified(source):
     assert other.splits != split.splits
 
 
-def test_train_cap_keeps_every_intent(source):
+def test_train_cap_keeps_every_intent_and_moves_the_rest_to_test(source):
     records = slurp_text.read_records(source)
     capped = slurp_text.split_records(records, seed=3, max_train_lines=3)
     full = slurp_text.split_records(records, seed=3)
     assert {slurp_text.intent_of(r) for r in capped.splits["train"]} == {
         slurp_text.intent_of(r) for r in full.splits["train"]}
-    assert capped.unused_train_lines == len(full.splits["train"]) - len(capped.splits["train"])
-    assert capped.splits["test"] == full.splits["test"]
+    moved = len(full.splits["train"]) - len(capped.splits["train"])
+    assert moved > 0 and capped.moved_to_test == moved
+    assert len(capped.splits["test"]) == len(full.splits["test"]) + moved
+    assert capped.splits["valid"] == full.splits["valid"]
+    keys = {name: {grammar.normalise(r["sentence"]) for r in lines}
+            for name, lines in capped.splits.items()}
+    assert not keys["train"] & keys["test"]
 
 
 def test_bad_source_is_named(tmp_path):

@@ -18,14 +18,20 @@ FSC (``generate_fsc``)::
 Both also write ``OUT_DIR/mini_corpus.json`` (arguments, speakers per split, speaker of every
 audio file, durations, timing). The corpus is built in a hidden staging folder next to
 ``OUT_DIR`` and renamed to ``OUT_DIR`` only when complete, so an interrupted run never leaves
-something that looks finished. Speakers are disjoint across splits; every valid/test intent is
-also in train; labels and sentences are deterministic for a seed (Piper audio is not
-bit-exact across runs: its generator noise is unseeded).
+something that looks finished. Valid and test speakers come from voice families that training
+never uses (``voices.split_pools``); no sentence is in two splits, even after
+``grammar.normalise``, and valid/test sentences follow templates held out from training; every
+valid/test intent is also in train; labels and sentences are deterministic for a seed (Piper
+audio is not bit-exact across runs: its generator noise is unseeded).
+
+``slurp-text`` (``slurp_text.generate_slurp_text``) speaks the lines of a real SLURP jsonl
+instead of our grammar, in the SLURP layout.
 
 Usage::
 
     python recipes/mini_corpus/generate.py slurp /tmp/slurp_mini --n-train 200 --seed 1
     python recipes/mini_corpus/generate.py fsc /tmp/fsc_mini --n-train 200 --n-intents 16
+    python recipes/mini_corpus/generate.py slurp-text --source devel.jsonl /tmp/slurp_text
 """
 
 from __future__ import annotations
@@ -635,12 +641,13 @@ def _parser() -> argparse.ArgumentParser:
                                help="SLURP layout, the sentences and labels of a SLURP jsonl")
     text.add_argument("--source", type=Path, required=True,
                       help="SLURP-format jsonl to speak (e.g. SLURP's dataset/slurp/devel.jsonl)")
-    text.add_argument("--valid-share", type=float, default=0.15,
+    text.add_argument("--valid-share", type=float, default=0.125,
                       help="fraction of each intent's sentences in valid")
     text.add_argument("--test-share", type=float, default=0.3,
                       help="fraction of each intent's sentences in test")
     text.add_argument("--max-train-lines", type=int, default=None,
-                      help="keep at most about this many train lines (default all)")
+                      help="keep about this many train lines, move the others to test "
+                           "(default: keep all)")
     text.add_argument("--synthetic-share", type=float, default=0.1,
                       help="fraction of train lines in train_synthetic.jsonl")
     text.add_argument("--valid-recordings", type=int, default=2,

@@ -71,12 +71,12 @@ class TextSplit:
         splits: ``{split: lines}`` for ``grammar.SPLITS``, each sorted by ``slurp_id``.
         dropped_intents: ``{intent: lines}`` of intents with fewer than ``MIN_SENTENCES``
             distinct sentences.
-        unused_train_lines: train lines left out by a cap on training lines.
+        moved_to_test: lines moved from train to test by a cap on training lines.
     """
 
     splits: dict[str, list[dict]]
     dropped_intents: dict[str, int]
-    unused_train_lines: int
+    moved_to_test: int
 
 
 def _shares(count: int, valid_share: float, test_share: float) -> tuple[int, int]:
@@ -104,7 +104,7 @@ def _cap_lines(groups: dict[str, list[list[dict]]], cap: int, rng: random.Random
 
 
 def split_records(
-    records: list[dict], valid_share: float = 0.15, test_share: float = 0.3, seed: int = 1,
+    records: list[dict], valid_share: float = 0.125, test_share: float = 0.3, seed: int = 1,
     max_train_lines: int | None = None,
 ) -> TextSplit:
     """Split SLURP lines by ``slurp_id``, stratified by intent, no sentence in two splits.
@@ -120,8 +120,9 @@ def split_records(
         valid_share: fraction of each intent's sentences in valid.
         test_share: fraction of each intent's sentences in test.
         seed: random seed.
-        max_train_lines: keep at most this many train lines (whole groups, every intent in
-            turn); None = all.
+        max_train_lines: keep about this many train lines (whole groups, one intent after
+            the other, so small intents keep theirs) and move the other train lines to test;
+            None = all.
 
     Returns:
         a ``TextSplit``.
@@ -147,15 +148,21 @@ def split_records(
         assigned["train"][intent] = order[n_test + n_valid:]
     lines = {split: [record for found in assigned[split].values() for group in found
                      for record in group] for split in grammar.SPLITS}
-    all_train = len(lines["train"])
+    moved: list[dict] = []
     if max_train_lines is not None:
-        lines["train"] = _cap_lines(assigned["train"], max_train_lines, rng)
+        if max_train_lines < len(assigned["train"]):
+            raise ValueError(f"max_train_lines ({max_train_lines}) must be at least the number "
+                             f"of intents kept ({len(assigned['train'])})")
+        kept = _cap_lines(assigned["train"], max_train_lines, rng)
+        kept_ids = {record["slurp_id"] for record in kept}
+        moved = [record for record in lines["train"] if record["slurp_id"] not in kept_ids]
+        lines["train"], lines["test"] = kept, lines["test"] + moved
     trained = {intent_of(record) for record in lines["train"]}
     splits = {split: sorted((record for record in found
                              if split == "train" or intent_of(record) in trained),
                             key=lambda r: r["slurp_id"])
               for split, found in lines.items()}
-    return TextSplit(splits, dropped, all_train - len(splits["train"]))
+    return TextSplit(splits, dropped, len(moved))
 
 
 def _record(source: dict, files: list[str]) -> dict:
@@ -189,7 +196,7 @@ def _part(lines: list[dict], speakers: list[voices.Voice], per_line: int, audio_
 def plan_slurp_text(
     source: str | Path,
     seed: int = 1,
-    valid_share: float = 0.15,
+    valid_share: float = 0.125,
     test_share: float = 0.3,
     max_train_lines: int | None = None,
     synthetic_share: float = 0.1,
@@ -247,7 +254,7 @@ def generate_slurp_text(
     source: str | Path,
     out_dir: str | Path,
     seed: int = 1,
-    valid_share: float = 0.15,
+    valid_share: float = 0.125,
     test_share: float = 0.3,
     max_train_lines: int | None = None,
     synthetic_share: float = 0.1,
@@ -276,7 +283,7 @@ def generate_slurp_text(
         "intents": {name: len({intent_of(r) for r in lines})
                     for name, lines in split.splits.items()},
         "dropped_intents": split.dropped_intents,
-        "unused_train_lines": split.unused_train_lines,
+        "moved_to_test": split.moved_to_test,
     }
     return generate.build(out_dir, plan, arguments, num_workers, overwrite, resumable=True,
                           extra={"text_split": summary})
