@@ -1,7 +1,12 @@
 """The compression methods that ``benchmarks/run.py`` scores without ``train.py``.
 
 Each starts from the same exported full-precision distilled student (an ``export_model`` folder)
-and is scored on the same test manifest as the trained runs:
+and is scored on the same test manifest as the trained runs; every score comes with ``correct``,
+``{recording file name: 0 or 1}``, keyed like the trained runs' ``predictions.jsonl`` (see
+:func:`recipe_correctness`), so any two rows pair up recording by recording:
+
+- :func:`probe`: a frozen encoder (the teacher, or the pretrained student with no training) and a
+  linear probe on its pooled features.
 
 - :func:`kmeans_ptq`: the QUADS codebook quantizer applied once (per-tensor k-means, the same
   ``QuantizationConfig`` defaults as training), no retraining.
@@ -11,12 +16,17 @@ and is scored on the same test manifest as the trained runs:
   layers as QUADS (every Linear and Conv1d), fine-tuned with cross-entropy for a fixed number of
   steps, then finalized; its palettized weights are written in the QUADS packed format, so its
   size is measured exactly like QUADS'.
+- :func:`skm_palettize`: coremltools' ``SKMPalettizer`` (sensitive k-means: k-means weighted by
+  the Fisher information of calibration samples, no training) on the same layers, written the
+  same way.
 """
 
 from __future__ import annotations
 
+import csv
 import io
 import itertools
+import json
 import sys
 import time
 from pathlib import Path
@@ -32,6 +42,7 @@ from speechbrain_quads.codebook.quantization import QuantizationConfig, quantize
 from speechbrain_quads.deploy.export import export_model
 from speechbrain_quads.deploy.inference import load_export
 from speechbrain_quads.evaluation.metrics import accuracy, macro_f1
+from speechbrain_quads.training.probe import pooled_features
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes" / "SLURP" / "quads"))
 import train as recipe  # noqa: E402  (the SLURP recipe's train.py: its data pipeline)
@@ -59,23 +70,89 @@ def load_student(run_dir: Path) -> tuple[nn.ModuleDict, list[str]]:
     return model.eval(), config["labels"]
 
 
+def recording_id(manifest_row: dict) -> str:
+    """The id a test recording is paired by: its file name (``predictions.jsonl``'s ``file``)."""
+    return Path(manifest_row["wav"]).name
+
+
+def _scores(predicted: list, truth: list, ids: list[str]) -> dict:
+    """``accuracy``, ``macro_f1`` (in [0, 1]) and ``correct`` ({recording id: 0/1})."""
+    if len(set(ids)) != len(ids):
+        raise ValueError("two test recordings share a file name; they cannot be paired")
+    return {"accuracy": accuracy(predicted, truth), "macro_f1": macro_f1(predicted, truth),
+            "correct": {i: int(p == t) for i, p, t in zip(ids, predicted, truth, strict=True)}}
+
+
+def recipe_correctness(run_dir: Path) -> dict:
+    """Scores of a finished ``train.py`` run from its ``predictions.jsonl`` and test CSV.
+
+    Returns ``accuracy``, ``macro_f1`` and ``correct`` ({file name: 0/1}); the intent is
+    ``scenario_action`` in both files.
+    """
+    with open(run_dir / "test-type=direct.csv", newline="", encoding="utf-8") as handle:
+        truth = {}
+        for row in csv.DictReader(handle):
+            fields = recipe.parse_semantics(row["semantics"])
+            truth[recording_id(row)] = f"{fields['scenario']}_{fields['action']}"
+    lines = (run_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    predicted = {}
+    for line in lines:
+        record = json.loads(line)
+        predicted[record["file"]] = f"{record['scenario']}_{record['action']}"
+    if predicted.keys() != truth.keys():
+        raise ValueError(f"{run_dir}: predictions.jsonl has {len(predicted)} files, the test CSV "
+                         f"{len(truth)}; they differ")
+    ids = sorted(truth)
+    return _scores([predicted[i] for i in ids], [truth[i] for i in ids], ids)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: DynamicItemDataset, batch_size: int = 16) -> dict:
-    """Intent accuracy and macro-F1 (both in [0, 1]) of ``model`` on ``dataset``.
+    """Intent accuracy, macro-F1 (in [0, 1]) and ``correct`` ({file name: 0/1}) on ``dataset``.
 
     ``model["student"](wavs (B, T), lens (B,))`` gives hidden states (L+1, B, T', C) and frame
     lengths; ``model["classifier"](last hidden, lens)`` gives logits (B, n_intents).
     """
     was_training = model.training
     model.eval()
-    predicted, truth = [], []
+    predicted, truth, ids = [], [], []
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=PaddedBatch):
         wavs, lens = batch.sig
         hidden, frame_lens = model["student"](wavs, lens)
         predicted.extend(model["classifier"](hidden[-1], frame_lens).argmax(dim=-1).tolist())
         truth.extend(batch.intent_encoded.data.reshape(-1).tolist())
+        ids.extend(recording_id(dataset.data[utt]) for utt in batch.id)
     model.train(was_training)
-    return {"accuracy": accuracy(predicted, truth), "macro_f1": macro_f1(predicted, truth)}
+    return _scores(predicted, truth, ids)
+
+
+def probe(encoder: nn.Module, datasets: dict[str, DynamicItemDataset], n_classes: int,
+          steps: int = 500, lr: float = 0.01, weight_decay: float = 1e-3, seed: int = 0) -> dict:
+    """Linear probe of a frozen ``encoder`` (``training.probe``'s recipe), scored per recording.
+
+    Pooled last-hidden-state features of the train split, standardised with their statistics; a
+    linear layer trained by full-batch Adam; scored on the test split. Returns ``accuracy``,
+    ``macro_f1``, ``correct`` and ``size_mb`` (encoder + probe parameters x 4 bytes, MiB).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    train_x, train_y = pooled_features(encoder, datasets["train"])
+    test_x, test_y = pooled_features(encoder, datasets["test"])
+    mean, std = train_x.mean(dim=0), train_x.std(dim=0).clamp(min=1e-6)
+    layer = nn.Linear(train_x.shape[1], n_classes)
+    with torch.no_grad():
+        layer.weight.normal_(0.0, 0.01, generator=generator)
+        layer.bias.zero_()
+    optimizer = torch.optim.Adam(layer.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(layer((train_x - mean) / std), train_y).backward()
+        optimizer.step()
+    with torch.no_grad():
+        predicted = layer((test_x - mean) / std).argmax(dim=-1).tolist()
+    test = datasets["test"]
+    ids = [recording_id(test.data[utt]) for utt in test.data_ids]  # the loader's order
+    params = sum(p.numel() for p in encoder.parameters()) + layer.weight.numel() + n_classes
+    return {**_scores(predicted, test_y.tolist(), ids), "size_mb": params * 4 / MB}
 
 
 def kmeans_ptq(fp_run: Path, bits: int, out_dir: Path, seed: int) -> dict:
@@ -120,22 +197,23 @@ def dkm_attention_gb(model: nn.Module, bits: int, kmeans_iters: int) -> float:
     return 2 * kmeans_iters * numel * 2**bits * 4 / 1e9
 
 
-def dkm_palettize(fp_run: Path, bits: int, out_dir: Path, steps: int, batch_size: int,
-                  lr_encoder: float, lr_head: float, kmeans_iters: int, seed: int) -> dict:
-    """Fine-tune the fp student under coremltools' DKMPalettizer for ``steps`` steps, finalize,
-    export in the QUADS packed format and score.
+def dkm_palettize(fp_run: Path, bits: int, out_dir: Path | None, epochs: int, batch_size: int,
+                  lr_encoder: float, lr_head: float, kmeans_iters: int, seed: int,
+                  split: str = "test") -> dict:
+    """Fine-tune the fp student under coremltools' DKMPalettizer for ``epochs`` epochs, finalize,
+    export in the QUADS packed format (unless ``out_dir`` is None) and score on ``split``.
 
     Config: ``n_bits=bits``, ``weight_threshold=0`` for ``Linear`` and ``Conv1d`` (the layers
     QUADS quantizes), ``kmeans_max_iter=kmeans_iters``, ``kmeans_init="opt1d"`` (coremltools'
     exact 1-D k-means; its default k-means++ init, 10 restarts of 100 iterations per tensor, does
     not finish the first step in 10 minutes on 2 cores), everything else coremltools' default.
     Training: Adam (encoder ``lr_encoder``, head ``lr_head``), cross-entropy, shuffled batches of
-    ``batch_size`` from the run's training set.
+    ``batch_size`` from the run's training set, ``epochs`` passes over it.
 
     Returns:
-        ``accuracy``, ``macro_f1``, ``packed_mb``, ``train_seconds`` (prepare + steps +
-        finalize), ``steps``, ``unique_values_max`` (most distinct values in one weight after
-        ``finalize``) and ``export``.
+        ``accuracy``, ``macro_f1``, ``correct``, ``train_seconds`` (prepare + steps + finalize),
+        ``steps``, ``unique_values_max`` (most distinct values in one weight after ``finalize``),
+        and with ``out_dir``: ``packed_mb`` and ``export``.
     """
     from coremltools.optimize.torch.palettization import DKMPalettizer, DKMPalettizerConfig
 
@@ -156,9 +234,9 @@ def dkm_palettize(fp_run: Path, bits: int, out_dir: Path, steps: int, batch_size
                                    "lr": lr_head}])
     loader = DataLoader(datasets["train"], batch_size=batch_size, shuffle=True,
                         collate_fn=PaddedBatch)
+    steps = epochs * len(loader)
     prepared.train()
-    batches = itertools.chain.from_iterable(itertools.repeat(loader))
-    for batch in itertools.islice(batches, steps):
+    for batch in itertools.islice(itertools.chain.from_iterable(itertools.repeat(loader)), steps):
         wavs, lens = batch.sig
         hidden, frame_lens = prepared["student"](wavs, lens)
         logits = prepared["classifier"](hidden[-1], frame_lens)
@@ -169,14 +247,92 @@ def dkm_palettize(fp_run: Path, bits: int, out_dir: Path, steps: int, batch_size
         palettizer.step()
     finalized = palettizer.finalize(inplace=True)
     seconds = time.perf_counter() - start
+    return {**_palettized_result(finalized, fp_run, bits, labels, out_dir, datasets[split]),
+            "train_seconds": seconds, "steps": steps}
+
+
+def dkm_with_lr_search(fp_run: Path, bits: int, out_dir: Path, epochs: int, trial_epochs: int,
+                       lrs: list[float], lr_head: float, batch_size: int, kmeans_iters: int,
+                       seed: int) -> dict:
+    """DKM with its encoder learning rate chosen on the validation split.
+
+    Each of ``lrs`` trains ``trial_epochs`` epochs and is scored on the valid split (a single
+    candidate is taken without a trial); the best (the smaller on ties) trains ``epochs`` epochs
+    and is scored on the test split. Returns :func:`dkm_palettize`'s dict plus ``lr_encoder``,
+    ``lr_head``, ``epochs`` and ``lr_trials`` ([{``lr_encoder``, ``valid_accuracy``,
+    ``seconds``}]); ``train_seconds`` counts the trials too.
+    """
+    common = {"bits": bits, "batch_size": batch_size, "lr_head": lr_head,
+              "kmeans_iters": kmeans_iters, "seed": seed}
+    trials = []
+    for lr in sorted(lrs) if len(lrs) > 1 else []:
+        result = dkm_palettize(fp_run, out_dir=None, epochs=trial_epochs, lr_encoder=lr,
+                               split="valid", **common)
+        trials.append({"lr_encoder": lr, "valid_accuracy": result["accuracy"],
+                       "seconds": result["train_seconds"]})
+    best = max(trials, key=lambda t: t["valid_accuracy"])["lr_encoder"] if trials else lrs[0]
+    final = dkm_palettize(fp_run, out_dir=out_dir, epochs=epochs, lr_encoder=best, **common)
+    return {**final, "train_seconds": final["train_seconds"] + sum(t["seconds"] for t in trials),
+            "lr_encoder": best, "lr_head": lr_head, "epochs": epochs, "lr_trials": trials,
+            "trial_epochs": trial_epochs if trials else 0}
+
+
+def skm_palettize(fp_run: Path, bits: int, out_dir: Path, samples: int, seed: int) -> dict:
+    """coremltools' SKMPalettizer on the fp student: sensitivity-weighted k-means, no training.
+
+    Config: ``n_bits=bits``, per-tensor look-up tables, for every ``Linear``,
+    ``calibration_nsamples=samples``; the sensitivities are the squared gradients of the
+    cross-entropy of ``samples`` single training recordings (shuffled with ``seed``), as
+    ``compress(dataloader=..., loss_fn=...)`` computes them. coremltools 9.0's k-means has no
+    ``Conv1d`` support (Linear, Conv2d, Embedding, MultiheadAttention only), so Whisper's two
+    input convolutions (7 % of the weights) get QUADS' plain k-means at the same bits: every
+    layer QUADS quantizes is b-bit. Exported in the QUADS packed format, scored on the test split.
+
+    Returns:
+        ``accuracy``, ``macro_f1``, ``correct``, ``packed_mb``, ``train_seconds`` (calibration +
+        clustering), ``calibration_samples``, ``unique_values_max``, ``kmeans_fallback`` (the
+        k-means layers) and ``export``.
+    """
+    from coremltools.optimize.torch.palettization import SKMPalettizer, SKMPalettizerConfig
+
+    torch.manual_seed(seed)
+    datasets, _ = run_datasets(fp_run)
+    model, labels = load_student(fp_run)
+    config = SKMPalettizerConfig.from_dict({
+        "module_type_configs": {"Linear": {"n_bits": bits, "granularity": "per_tensor"}},
+        "calibration_nsamples": samples})
+    loader = DataLoader(datasets["train"], batch_size=1, shuffle=True, collate_fn=PaddedBatch)
+
+    def loss_fn(network: nn.Module, batch: PaddedBatch) -> torch.Tensor:
+        wavs, lens = batch.sig
+        hidden, frame_lens = network["student"](wavs, lens)
+        logits = network["classifier"](hidden[-1], frame_lens)
+        return nn.functional.cross_entropy(logits, batch.intent_encoded.data.reshape(-1))
+
+    start = time.perf_counter()
+    compressed = SKMPalettizer(model, config).compress(dataloader=loader, loss_fn=loss_fn)
+    seconds = time.perf_counter() - start
+    return {**_palettized_result(compressed, fp_run, bits, labels, out_dir, datasets["test"],
+                                 fallback_seed=seed),
+            "train_seconds": seconds, "calibration_samples": samples}
+
+
+def _palettized_result(palettized: nn.Module, fp_run: Path, bits: int, labels: list[str],
+                       out_dir: Path | None, dataset: DynamicItemDataset,
+                       fallback_seed: int | None = None) -> dict:
+    """Score a palettized model's weights in a plain copy of the fp student, exported (if
+    ``out_dir``) in the QUADS packed format: its codebooks are the palettes, bit for bit (see
+    :func:`exact_codebooks` for ``fallback_seed``)."""
     plain, _ = load_student(fp_run)
-    _copy_weights(finalized, plain)
-    quantizer, unique_max = exact_codebooks(plain, bits)
-    sizes = export_model(SimpleNamespace(deployable=plain, quantizer=quantizer), {"bits": bits},
-                         labels, out_dir)
-    return {**evaluate(plain, datasets["test"]), "packed_mb": sizes["packed_mb"],
-            "train_seconds": seconds, "steps": steps, "unique_values_max": unique_max,
-            "export": str(out_dir)}
+    _copy_weights(palettized, plain)
+    quantizer, unique_max, fallback = exact_codebooks(plain, bits, fallback_seed)
+    result = {**evaluate(plain, dataset), "unique_values_max": unique_max,
+              "kmeans_fallback": fallback}
+    if out_dir is not None:
+        sizes = export_model(SimpleNamespace(deployable=plain, quantizer=quantizer),
+                             {"bits": bits}, labels, out_dir)
+        result.update(packed_mb=sizes["packed_mb"], export=str(out_dir))
+    return result
 
 
 def _copy_weights(source: nn.Module, target: nn.Module) -> None:
@@ -189,28 +345,35 @@ def _copy_weights(source: nn.Module, target: nn.Module) -> None:
 
 
 @torch.no_grad()
-def exact_codebooks(model: nn.Module, bits: int):
+def exact_codebooks(model: nn.Module, bits: int, fallback_seed: int | None = None):
     """Attach QUADS codebooks to ``model``'s Linear/Conv1d weights that reproduce them exactly.
 
-    Each weight must already hold at most ``2**bits`` distinct values (a palettized model): its
+    Each weight should already hold at most ``2**bits`` distinct values (a palettized model): its
     codebook is those values (zero-padded) and its indices point at them, so the quantizer's
-    forward and packed export give the same weights bit for bit.
+    forward and packed export give the same weights bit for bit. A weight with more values is an
+    error, unless ``fallback_seed`` is given: then it keeps QUADS' own k-means codebook (seeded).
 
     Returns:
-        ``(quantizer in mode "frozen", most distinct values found in one weight)``.
+        ``(quantizer in mode "frozen", most distinct values found in one palettized weight,
+        names of the weights clustered by the k-means fallback)``.
     """
-    quantizer = quantize_(model, QuantizationConfig(bits=bits, kmeans_iters=0))
-    unique_max = 0
+    iters = 0 if fallback_seed is None else QuantizationConfig().kmeans_iters
+    quantizer = quantize_(model, QuantizationConfig(bits=bits, kmeans_iters=iters,
+                                                    seed=fallback_seed or 0))
+    unique_max, fallback = 0, []
     for name, (module, codebook) in quantized_modules(model).items():
         latent = module.parametrizations["weight"].original
         values, inverse = torch.unique(latent, return_inverse=True)
         if values.numel() > 2**bits:
-            raise ValueError(f"{name}: {values.numel()} distinct values after palettization, "
-                             f"more than 2**{bits}")
+            if fallback_seed is None:
+                raise ValueError(f"{name}: {values.numel()} distinct values after palettization, "
+                                 f"more than 2**{bits}")
+            fallback.append(name)
+            continue
         unique_max = max(unique_max, values.numel())
         codebook.centroids.zero_()
         codebook.centroids[0, : values.numel()] = values
         codebook.indices.copy_(inverse.to(torch.uint8))
         codebook.invalidate()
     quantizer.set_mode("frozen")
-    return quantizer, unique_max
+    return quantizer, unique_max, fallback

@@ -1,29 +1,158 @@
-"""Rendering of ``benchmarks/run.py``'s rows: markdown table, target checks and the size plot.
+#!/usr/bin/env python3
+"""The benchmark's results store and its rendering: results.json, per-recording predictions,
+paired comparisons, results.md and the size plot.
 
-A row is a dict with at least ``method``, ``bits``, ``accuracy``, ``macro_f1``, ``packed_mb``,
-``gmacs``, ``train_seconds``; a method that could not run has a ``skipped`` reason and nulls.
+    python benchmarks/report.py [--results benchmarks/results.json]   # re-render results.md + plot
+
+``results.json`` = ``{"rows": [...], "comparisons": [...], "corpora": {...}, "invocations":
+[...]}``. A row is one (``method``, ``bits``, ``seed``, ``corpus``); it holds at least
+:data:`ROW_KEYS` (a method that could not run has a ``skipped`` reason and nulls) and names its
+per-recording correctness file, ``predictions/<corpus>/<row key>.json`` beside results.json.
+Comparisons are recomputed from those files, never from the table.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import secrets
 from pathlib import Path
 
-ROW_KEYS = ("method", "bits", "accuracy", "macro_f1", "packed_mb", "gmacs", "train_seconds")
+from speechbrain_quads.evaluation.stats import clopper_pearson, compare
+
+ROW_KEYS = ("method", "bits", "seed", "corpus", "n_test", "n_intents", "accuracy", "ci95",
+            "macro_f1", "packed_mb", "gmacs", "train_seconds")
 """Keys every row of results.json holds."""
 
 LABELS = {
     "teacher": "Teacher: Whisper base, frozen + linear probe",
+    "student_probe": "Student: pretrained Whisper tiny.en, frozen + linear probe (no training)",
     "fp_student": "Student, full precision (distilled)",
-    "kmeans_ptq": "k-means PTQ of the fp student (no retraining)",
-    "sequential": "Sequential: distil, then quantize",
     "quads_mct": "QUADS (MCT)",
+    "sequential": "Sequential: distil, then quantize",
     "quads_mct_random_init": "QUADS (MCT), random student init",
+    "kmeans_ptq": "k-means PTQ of the fp student (no retraining)",
     "torch_dynamic_int8": "torch dynamic int8 PTQ of the fp student",
+    "coremltools_skm": "coremltools SKMPalettizer (sensitive k-means PTQ)",
     "coremltools_dkm": "coremltools DKMPalettizer fine-tuning",
 }
-"""Human-readable name of each method."""
+"""Human-readable name of each method, in table order."""
+
+COMPARISONS = [
+    ("student_probe:32", "fp_student:32"),
+    ("fp_student:32", "quads_mct:4"), ("fp_student:32", "quads_mct:8"),
+    ("teacher:32", "fp_student:32"),
+    *[(f"quads_mct:{b}", f"{peer}:{b}") for b in (2, 4, 8)
+      for peer in ("sequential", "kmeans_ptq", "coremltools_dkm", "coremltools_skm",
+                   "quads_mct_random_init")],
+]
+"""(A, B) pairs compared on the same recordings wherever both rows exist, as ``method:bits``."""
+
+ALPHA = 0.05
+"""A comparison is worded as a win only when its exact McNemar p-value is below this."""
 
 
+# ---------------------------------------------------------------------- the store
+def row_key(row: dict) -> str:
+    """File-name key of a row within its corpus: ``<method>_<bits>bit_seed<seed>``."""
+    return f"{row['method']}_{row['bits']}bit_seed{row['seed']}"
+
+
+def _identity(row: dict) -> tuple:
+    return row["corpus"], row["method"], row["bits"], row["seed"]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load(path: Path) -> dict:
+    """results.json's content (an empty store when the file does not exist)."""
+    if not path.is_file():
+        return {"rows": [], "comparisons": [], "corpora": {}, "invocations": []}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def find(results: dict, corpus: str, method: str, bits: int, seed: int) -> dict | None:
+    """The stored row of (corpus, method, bits, seed), or None."""
+    return next((r for r in results["rows"] if _identity(r) == (corpus, method, bits, seed)), None)
+
+
+def store_row(path: Path, row: dict, correct: dict[str, int] | None) -> dict:
+    """Merge ``row`` into results.json (replacing the row of the same corpus, method, bits and
+    seed, keeping every other) with its CI and predictions file; returns the stored row."""
+    row = dict(row)
+    if correct is not None:
+        right, n = sum(correct.values()), len(correct)
+        if abs(right / n - row["accuracy"]) > 1e-9:
+            raise ValueError(f"{row_key(row)}: accuracy {row['accuracy']} but {right}/{n} correct")
+        row.update(n_test=n, ci95=list(clopper_pearson(right, n)),
+                   predictions=write_predictions(path.parent, row, correct))
+    results = load(path)
+    results["rows"] = [r for r in results["rows"] if _identity(r) != _identity(row)] + [row]
+    results["comparisons"] = comparisons(results, path.parent)
+    write_atomic(path, json.dumps(results, indent=1) + "\n")
+    return row
+
+
+def write_predictions(folder: Path, row: dict, correct: dict[str, int]) -> str:
+    """Store ``{recording id: 0/1}`` compactly; returns its path relative to ``folder``.
+
+    ``predictions/<corpus>/recordings.json`` lists the corpus' test recordings once (sorted);
+    ``<row key>.json`` holds ``{"correct": "0110..."}`` in that order. A row scored on other
+    recordings than those already listed for its corpus is refused.
+    """
+    corpus = folder / "predictions" / row["corpus"]
+    ids = sorted(correct)
+    listing = corpus / "recordings.json"
+    if listing.is_file():
+        known = json.loads(listing.read_text(encoding="utf-8"))
+        if known != ids:
+            raise ValueError(f"{row_key(row)} was scored on {len(ids)} recordings that differ from "
+                             f"the {len(known)} of {listing}: another test set under the same "
+                             "corpus name")
+    else:
+        write_atomic(listing, json.dumps(ids, indent=0) + "\n")
+    relative = Path("predictions") / row["corpus"] / f"{row_key(row)}.json"
+    write_atomic(folder / relative, json.dumps({"correct": "".join(
+        str(correct[i]) for i in ids)}) + "\n")
+    return relative.as_posix()
+
+
+def read_predictions(folder: Path, row: dict) -> dict[str, int] | None:
+    """A row's ``{recording id: 0/1}``, or None when it has no predictions file."""
+    if not row.get("predictions") or not (folder / row["predictions"]).is_file():
+        return None
+    ids = json.loads((folder / "predictions" / row["corpus"] / "recordings.json").read_text())
+    bits = json.loads((folder / row["predictions"]).read_text())["correct"]
+    return {i: int(b) for i, b in zip(ids, bits, strict=True)}
+
+
+def comparisons(results: dict, folder: Path) -> list[dict]:
+    """Every :data:`COMPARISONS` pair whose two rows (same corpus and seed) have predictions."""
+    out = []
+    pairs = {(r["corpus"], r["seed"]) for r in results["rows"]}
+    for corpus, seed in sorted(pairs):
+        for a, b in COMPARISONS:
+            rows = [find(results, corpus, m, int(bits), seed)
+                    for m, bits in (a.split(":"), b.split(":"))]
+            correct = [read_predictions(folder, r) if r else None for r in rows]
+            if None in correct:
+                continue
+            result = compare(*correct).as_dict()
+            out.append({"corpus": corpus, "seed": seed, "a": a, "b": b, **result})
+    return out
+
+
+# ---------------------------------------------------------------------- rendering
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
@@ -32,97 +161,187 @@ def _num(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _ci(row: dict) -> str:
+    ci = row.get("ci95")
+    return "-" if not ci else f"{100 * ci[0]:.1f}-{100 * ci[1]:.1f}"
+
+
+def _order(row: dict) -> tuple:
+    return list(LABELS).index(row["method"]) if row["method"] in LABELS else 99, row["bits"]
+
+
 def table(rows: list[dict]) -> str:
-    """Markdown table of the rows, in the given order."""
-    lines = ["| method | bits | accuracy (%) | macro-F1 (%) | packed size (MiB) | GMACs | "
-             "train time (s) |", "|---|---|---|---|---|---|---|"]
-    for row in rows:
+    """Markdown table of one corpus' rows (method order of :data:`LABELS`, then bits, seed)."""
+    lines = ["| method | bits | seed | accuracy (%) | 95% CI (%) | macro-F1 (%) | packed size (MiB) "
+             "| GMACs | train time (s) |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in sorted(rows, key=lambda r: (*_order(r), r["seed"])):
         name = LABELS.get(row["method"], row["method"])
         if row.get("skipped"):
-            lines.append(f"| {name} | {row['bits']} | not run: {row['skipped']} | | | | |")
+            lines.append(f"| {name} | {row['bits']} | {row['seed']} | not run: {row['skipped']} "
+                         "| | | | | |")
             continue
-        lines.append(f"| {name} | {row['bits']} | {_pct(row['accuracy'])} | "
-                     f"{_pct(row['macro_f1'])} | {_num(row['packed_mb'], 2)} | "
+        lines.append(f"| {name} | {row['bits']} | {row['seed']} | {_pct(row['accuracy'])} | "
+                     f"{_ci(row)} | {_pct(row['macro_f1'])} | {_num(row['packed_mb'], 2)} | "
                      f"{_num(row['gmacs'], 3)} | {_num(row['train_seconds'], 0)} |")
     return "\n".join(lines)
 
 
-def _find(rows: list[dict], method: str, bits: int) -> dict | None:
-    """The measured row of ``method`` at ``bits`` bits, or None."""
-    for row in rows:
-        if row["method"] == method and row["bits"] == bits and not row.get("skipped"):
-            return row
-    return None
+def _name(spec: str) -> str:
+    method, bits = spec.split(":")
+    return f"{LABELS.get(method, method)} ({bits} bits)"
 
 
-def _against_quads(rows: list[dict], method: str) -> list[tuple[dict, dict]]:
-    """(measured row of ``method``, QUADS MCT row at the same bits) pairs, where both exist."""
-    pairs = []
-    for row in rows:
-        if row["method"] == method and not row.get("skipped"):
-            quads = _find(rows, "quads_mct", row["bits"])
-            if quads:
-                pairs.append((row, quads))
-    return pairs
+def verdict(comparison: dict) -> str:
+    """"A better", "B better" (only when p < :data:`ALPHA`) or "no measurable difference"."""
+    if comparison["p_value"] >= ALPHA or comparison["a_only"] == comparison["b_only"]:
+        return "no measurable difference"
+    better = "a" if comparison["a_only"] > comparison["b_only"] else "b"
+    return f"**{comparison[better]}** better"
 
 
-def targets(rows: list[dict]) -> list[str]:
-    """One markdown bullet per target: the figures compared and whether the target is met."""
+def comparison_table(items: list[dict]) -> str:
+    """Markdown table of paired comparisons with their exact McNemar p-values and verdicts."""
+    lines = ["| A | B | seed | n | A acc. (%) | B acc. (%) | only A right | only B right | "
+             "p (exact McNemar) | reading |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in items:
+        lines.append(f"| {_name(c['a'])} | {_name(c['b'])} | {c['seed']} | {c['n']} | "
+                     f"{_pct(c['accuracy_a'])} | {_pct(c['accuracy_b'])} | {c['a_only']} | "
+                     f"{c['b_only']} | {c['p_value']:.3g} | {verdict(c)} |")
+    return "\n".join(lines)
+
+
+METHOD_NOTES = [
+    "Accuracy and macro-F1: test split, in %; 95% CI: exact Clopper-Pearson interval of the "
+    "accuracy over the test recordings. Packed size: the exported `model.safetensors` in MiB "
+    "(quantized rows: the QUADS packed format of `export_packed`, written the same way for QUADS, "
+    "k-means PTQ, DKM and SKM, each rebuilding Whisper's positional table; fp student: the float "
+    "export; torch dynamic int8: its `torch.save` state_dict; probes: fp32 encoder + probe "
+    "parameters x 4 bytes). GMACs: one utterance of the test set's mean length, variable-length "
+    "input. Train time: wall seconds (train.py process: start-up, training, test, export; the "
+    "first run also fills the shared teacher cache; probes: feature extraction + fit; "
+    "post-training rows: clustering/calibration, DKM: trials + final run).",
+    "Comparisons: both methods scored on the same test recordings (paired by file name); the "
+    "exact McNemar test is a two-sided binomial test with p = 1/2 on the recordings exactly one "
+    "of the two gets right. A difference is called a win only when p < 0.05; otherwise the "
+    "reading is \"no measurable difference\", whatever the accuracies.",
+    "k-means PTQ: `quantize_` on the fp student (QUADS' default per-tensor k-means), no "
+    "training. torch dynamic int8: `quantize_dynamic(model, {nn.Linear}, torch.qint8)`.",
+    "Probes: the frozen encoder's last hidden state, mean-pooled over valid frames, standardised, "
+    "and a linear layer trained by full-batch Adam (500 steps, lr 0.01, weight decay 1e-3) on "
+    "the training split. The pretrained-student probe is the floor a trained student must clear.",
+    "coremltools SKMPalettizer: `SKMPalettizer(model, config).compress(dataloader, loss_fn)` with "
+    "`n_bits` = b, per-tensor LUTs on every Linear and Conv1d, the squared cross-entropy gradients "
+    "of `calibration_samples` single training recordings as k-means weights.",
+    "coremltools DKMPalettizer: `n_bits` = b, `weight_threshold` 0, `kmeans_init` `opt1d` on every "
+    "Linear and Conv1d, started from the fp student, Adam on cross-entropy (batches of 16) for "
+    "`epochs` passes over the training set - 11, the QUADS runs' epoch budget - then `finalize()`; "
+    "the encoder learning rate is chosen on the valid split from `lr_trials` (each candidate "
+    "trained `trial_epochs` epochs), head lr 1e-3. `palett_max_mem` acts only on CUDA in "
+    "coremltools 9.0 (its memory hook queries the GPU), so on a CPU the memory lever is "
+    "`kmeans_max_iter` (the distance/attention maps it keeps scale with it); 8-bit rows run in a "
+    "child process, so a run killed for memory is recorded with its reason.",
+    "Sequential and random-init runs have the same epoch budget as the QUADS runs.",
+]
+
+
+def _dkm_settings(rows: list[dict]) -> list[str]:
+    """One line per measured DKM row: epochs, steps, chosen lr and the valid-split trials."""
     lines = []
-
-    def verdict(ok: bool) -> str:
-        return "**met**" if ok else "**not met**"
-
-    fp, q4 = _find(rows, "fp_student", 32), _find(rows, "quads_mct", 4)
-    if fp and q4:
-        gap = 100 * (fp["accuracy"] - q4["accuracy"])
-        lines.append(f"- QUADS 4-bit within 2 points of the fp student: {_pct(q4['accuracy'])} vs "
-                     f"{_pct(fp['accuracy'])} % ({gap:+.2f} points below): {verdict(gap <= 2.0)}")
-    for row, mct in _against_quads(rows, "sequential"):
-        lines.append(f"- MCT >= sequential at {row['bits']} bits: {_pct(mct['accuracy'])} vs "
-                     f"{_pct(row['accuracy'])} %: {verdict(mct['accuracy'] >= row['accuracy'])}")
-    for row, pre in _against_quads(rows, "quads_mct_random_init"):
-        lines.append(f"- pretrained > random init (QUADS {row['bits']}-bit): "
-                     f"{_pct(pre['accuracy'])} vs {_pct(row['accuracy'])} %: "
-                     f"{verdict(pre['accuracy'] > row['accuracy'])}")
-    for row, quads in _against_quads(rows, "coremltools_dkm"):
-        ok = quads["accuracy"] >= row["accuracy"] and quads["packed_mb"] <= row["packed_mb"]
-        lines.append(f"- QUADS >= coremltools DKM at {row['bits']} bits: accuracy "
-                     f"{_pct(quads['accuracy'])} vs {_pct(row['accuracy'])} %, size "
-                     f"{quads['packed_mb']:.2f} vs {row['packed_mb']:.2f} MiB: {verdict(ok)}")
+    for row in sorted((r for r in rows if r["method"] == "coremltools_dkm" and
+                       not r.get("skipped")), key=lambda r: (r["bits"], r["seed"])):
+        trials = ", ".join(f"{t['lr_encoder']:g}: {_pct(t['valid_accuracy'])} %"
+                           for t in row.get("lr_trials", [])) or "one candidate, no trial"
+        lines.append(f"- DKM {row['bits']} bits, seed {row['seed']}: {row.get('epochs')} epochs "
+                     f"({row.get('steps')} steps), `kmeans_max_iter` {row.get('kmeans_iters')}, "
+                     f"encoder lr {row.get('lr_encoder'):g} chosen on valid from [{trials}] "
+                     f"({row.get('trial_epochs')} epoch(s) each)")
     return lines
 
 
-def plot(rows: list[dict], path: Path, title: str) -> None:
-    """Accuracy (%) against packed size (MiB, log scale), one marker style per method."""
+def markdown(results: dict) -> str:
+    """results.md: one section per corpus (table, comparisons, settings, invocations)."""
+    text = ["# Benchmark: QUADS against other ways to compress the student", "",
+            "Written by `python benchmarks/report.py` from `results.json` (rows are added by "
+            "`python benchmarks/run.py`, one at a time as they finish).", ""]
+    for corpus in sorted({r["corpus"] for r in results["rows"]}):
+        rows = [r for r in results["rows"] if r["corpus"] == corpus]
+        info = results["corpora"].get(corpus, {})
+        text += [f"## Corpus `{corpus}`", "", info.get("description", ""), ""]
+        text += ["| invocation | machine | minutes |", "|---|---|---|"]
+        text += [f"| `{i['command']}` | {i['machine']} | {i['minutes']:.1f} |"
+                 for i in results["invocations"] if i["corpus"] == corpus]
+        text += ["", table(rows), ""]
+        items = [c for c in results["comparisons"] if c["corpus"] == corpus]
+        text += ["### Paired comparisons", ""]
+        text += [comparison_table(items) if items else
+                 "(no pair with per-recording predictions on both sides)", ""]
+        dkm = _dkm_settings(rows)
+        if dkm:
+            text += ["### DKM settings", "", *dkm, ""]
+    text += ["## What each row is", "", *[f"- {note}" for note in METHOD_NOTES], "",
+             "![accuracy vs size](accuracy_vs_size.png)", ""]
+    return "\n".join(text)
+
+
+def plot(results: dict, path: Path) -> None:
+    """Accuracy (%) against packed size (MiB, log scale) with 95% CIs, one panel per corpus."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    figure, axes = plt.subplots(figsize=(8, 5.5))
-    markers = "o^sDvP*Xh"
-    methods = list(dict.fromkeys(r["method"] for r in rows if not r.get("skipped")))
-    for index, method in enumerate(methods):
-        points = sorted((r for r in rows if r["method"] == method and not r.get("skipped")),
-                        key=lambda r: r["packed_mb"])
-        sizes = [r["packed_mb"] for r in points]
-        accs = [100 * r["accuracy"] for r in points]
-        axes.plot(sizes, accs, marker=markers[index % len(markers)], linestyle="-" if
-                  len(points) > 1 else "none", label=LABELS.get(method, method))
-        for row in points:
-            axes.annotate(f"{row['bits']}b", (row["packed_mb"], 100 * row["accuracy"]),
-                          textcoords="offset points", xytext=(4, 4), fontsize=8)
-    axes.set_xscale("log")
+    corpora = sorted({r["corpus"] for r in results["rows"]}) or ["(none)"]
+    figure, panels = plt.subplots(1, len(corpora), figsize=(8 * len(corpora), 5.5), squeeze=False)
+    markers = "o^sDvP*Xh<>"
     plain = FuncFormatter(lambda value, _: f"{value:g}")
-    axes.xaxis.set_major_formatter(plain)
-    axes.xaxis.set_minor_formatter(plain)
-    axes.set_xlabel("packed model size (MiB, log scale)")
-    axes.set_ylabel("test intent accuracy (%)")
-    axes.set_title(title)
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=8, loc="best")
+    for axes, corpus in zip(panels[0], corpora, strict=True):
+        measured = [r for r in results["rows"] if r["corpus"] == corpus and not r.get("skipped")
+                    and r.get("packed_mb")]
+        for index, method in enumerate(m for m in LABELS if any(r["method"] == m for r in measured)):
+            points = sorted((r for r in measured if r["method"] == method),
+                            key=lambda r: (r["packed_mb"], r["seed"]))
+            sizes = [r["packed_mb"] for r in points]
+            accs = [100 * r["accuracy"] for r in points]
+            errors = [[100 * (r["accuracy"] - r["ci95"][0]) for r in points],
+                      [100 * (r["ci95"][1] - r["accuracy"]) for r in points]]
+            axes.errorbar(sizes, accs, yerr=errors, marker=markers[index % len(markers)],
+                          linestyle="-" if len(points) > 1 else "none", capsize=3,
+                          label=LABELS[method])
+            for row in points:
+                axes.annotate(f"{row['bits']}b", (row["packed_mb"], 100 * row["accuracy"]),
+                              textcoords="offset points", xytext=(4, 4), fontsize=8)
+        axes.set_xscale("log")
+        axes.xaxis.set_major_formatter(plain)
+        axes.xaxis.set_minor_formatter(plain)
+        axes.set_xlabel("packed model size (MiB, log scale)")
+        axes.set_ylabel("test intent accuracy (%), 95% CI")
+        axes.set_title(f"corpus {corpus}")
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend(fontsize=7, loc="best")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.png")
+    try:
+        figure.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        plt.close(figure)
+
+
+def render(results_path: Path) -> None:
+    """Rewrite results.md and accuracy_vs_size.png beside ``results_path`` from its content."""
+    results = load(results_path)
+    write_atomic(results_path.with_name("results.md"), markdown(results))
+    plot(results, results_path.with_name("accuracy_vs_size.png"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Re-render results.md and the plot.")
+    parser.add_argument("--results", type=Path,
+                        default=Path(__file__).resolve().parent / "results.json")
+    render(parser.parse_args(argv).results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,289 +1,406 @@
 #!/usr/bin/env python3
-"""Compare QUADS with the other ways to shrink the student, on the offline mini SLURP corpus.
+"""Compare QUADS with the other ways to shrink the student, row by row, across sittings.
 
-    python benchmarks/run.py [--quick] [--output benchmarks] [--work results/benchmark]
+    python benchmarks/run.py --corpus slurp_text --corpus-dir /data/slurp_text   # resumable
+    python benchmarks/run.py --corpus mini --methods fp_student,quads_mct:4,kmeans_ptq:2,4,8
+    python benchmarks/run.py --quick --output /tmp/bench                          # CI size
 
-Same data, same student (Whisper tiny.en), same teacher (Whisper base), fixed seeds. Methods:
+Same data, same student (Whisper tiny.en), same teacher (Whisper base) for every row; methods
+(``--methods``, ``method`` or ``method:bits,bits``; default all, at their default bit widths):
 
-- ``teacher``: the frozen teacher + a linear probe (``recipes/SLURP/quads/demo.py``'s probe).
-- ``fp_student``: the full-precision distilled student (``slurp_32bit.yaml`` of the recipe).
-- ``quads_mct``: QUADS at each bit width (``hparams/slurp_<b>bit.yaml``).
-- ``sequential``: all distillation, then all quantization (``--strategy=sequential``).
-- ``quads_mct_random_init``: QUADS from a randomly initialised student (``--init=random``).
-- ``kmeans_ptq``, ``torch_dynamic_int8``, ``coremltools_dkm``: applied to the fp student
-  (``benchmarks/methods.py``).
+- ``fp_student``: the full-precision distilled student (``hparams/slurp_32bit.yaml``).
+- ``teacher`` / ``student_probe``: the frozen teacher / the pretrained tiny.en student with no
+  training, each with a linear probe on pooled features.
+- ``quads_mct``: QUADS (``hparams/slurp_<b>bit.yaml``); ``sequential``: all distillation, then all
+  quantization; ``quads_mct_random_init``: QUADS from a randomly initialised student.
+- ``kmeans_ptq``, ``torch_dynamic_int8``, ``coremltools_skm``, ``coremltools_dkm``: applied to the
+  fp student (``benchmarks/methods.py``).
 
-Training runs are ``recipes/SLURP/quads/train.py`` subprocesses started through ``demo.train`` (one
-shared teacher cache); every finished run or row is re-used, so an interrupted benchmark
-continues where it stopped (train.py itself resumes from its last checkpoint). Writes
-``results.md``, ``results.json`` and ``accuracy_vs_size.png`` into ``--output``.
+Every finished row is merged into ``--output``/results.json at once (atomic write; rows of other
+methods, seeds and corpora are kept), with its per-recording correctness in
+``predictions/<corpus>/``, and results.md and the plot are re-rendered (``report.py``). A row
+already in results.json is skipped (``--redo`` measures it again), and the runs in ``--work``
+(train.py resumes from its last checkpoint) and its cached in-process rows are re-used, so the
+table can be built over several sittings. ``--quick`` is CI-sized (mini corpus of 4 intents, one
+MCT round, 2 bits) and writes into ``--work``/report unless ``--output`` is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import datetime
 import functools
 import json
+import multiprocessing
 import os
 import platform
 import shlex
 import sys
 import time
 import traceback
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "recipes" / "SLURP" / "quads"))
+RECIPE = REPO / "recipes" / "SLURP" / "quads"
+sys.path.insert(0, str(RECIPE))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import demo  # noqa: E402
 import methods  # noqa: E402
 import report  # noqa: E402
 import torch  # noqa: E402
+from hyperpyyaml import load_hyperpyyaml  # noqa: E402
 
-CORPUS = {"full": {"n_intents": 12, "n_train": 480, "n_valid": 96, "n_test": 120,
-                   "n_synthetic": 48, "n_speakers": 14},
-          "quick": {"n_intents": 4, "n_train": 24, "n_valid": 8, "n_test": 12,
-                    "n_synthetic": 4, "n_speakers": 6}}
-"""Corpus sizes: ``full`` is ``recipes/SLURP/quads/demo.py``'s default; ``quick`` is for CI."""
+MINI = {"full": {"n_intents": 12, "n_train": 480, "n_valid": 96, "n_test": 120,
+                 "n_synthetic": 48, "n_speakers": 14},
+        "quick": {"n_intents": 4, "n_train": 24, "n_valid": 8, "n_test": 12,
+                  "n_synthetic": 4, "n_speakers": 6}}
+"""Mini corpus sizes: ``full`` is ``recipes/SLURP/quads/demo.py``'s default; ``quick`` is CI's."""
+
+CORPUS_SEED = 1
+"""The mini corpus is always spoken with this seed, so every training seed sees the same data."""
 
 TRAIN_ARGS = {"full": [], "quick": ["--mct_iterations=1"]}
-"""train.py overrides: the full run keeps the recipe files' schedule (5 MCT rounds)."""
+"""train.py overrides: the full run keeps the recipe files' schedule (5 MCT rounds, 11 epochs)."""
 
-DEFAULT_BITS = {"full": [2, 4, 8], "quick": [2]}
-DEFAULT_SEQUENTIAL_BITS = {"full": [2, 4], "quick": [2]}
-DEFAULT_RANDOM_INIT_BITS = {"full": 4, "quick": 2}
-DEFAULT_DKM_STEPS = {"full": 33, "quick": 1}
+METHOD_BITS = {
+    "full": {"fp_student": [32], "student_probe": [32], "teacher": [32], "quads_mct": [2, 4, 8],
+             "kmeans_ptq": [2, 4, 8], "torch_dynamic_int8": [8], "coremltools_skm": [2, 4, 8],
+             "sequential": [2, 4], "coremltools_dkm": [2, 4, 8], "quads_mct_random_init": [4]},
+    "quick": {"fp_student": [32], "student_probe": [32], "teacher": [32], "quads_mct": [2],
+              "kmeans_ptq": [2], "torch_dynamic_int8": [8], "coremltools_skm": [2],
+              "sequential": [2], "coremltools_dkm": [2], "quads_mct_random_init": [2]},
+}
+"""Default bit widths per method, in the order rows are measured (cheap and central first)."""
+
+FIXED_BITS = {"fp_student": 32, "student_probe": 32, "teacher": 32, "torch_dynamic_int8": 8}
+
+TRAINED = {"fp_student": [], "quads_mct": [], "sequential": ["--strategy=sequential"],
+           "quads_mct_random_init": ["--init=random"]}
+"""Methods that are train.py runs, with their overrides."""
+
+DKM = {"full": {"epochs": 11, "trial_epochs": 1, "lrs": [1e-5, 5e-5, 2e-4]},
+       "quick": {"epochs": 1, "trial_epochs": 1, "lrs": [5e-5, 2e-4]}}
+"""DKM budget: ``epochs`` = QUADS' 11; encoder lr chosen on valid from ``lrs``."""
+
+SKM_SAMPLES = {"full": 128, "quick": 8}
+"""SKMPalettizer calibration recordings (coremltools' default 128)."""
+
+
+def parse_methods(spec: str | None, size: str) -> dict[str, list[int]]:
+    """``"fp_student,quads_mct:4,kmeans_ptq:2,4,8"`` -> {method: bit widths}; None -> all."""
+    defaults = METHOD_BITS[size]
+    if spec is None:
+        return {method: list(bits) for method, bits in defaults.items()}
+    selected: dict[str, list[int]] = {}
+    current = None
+    for token in (t.strip() for t in spec.split(",") if t.strip()):
+        if token.isdigit() and current:
+            selected[current].append(int(token))
+            continue
+        method, _, bits = token.partition(":")
+        if method not in defaults:
+            raise SystemExit(f"--methods: unknown method {method!r}; known: {', '.join(defaults)}")
+        selected[method] = [int(bits)] if bits else list(defaults[method])
+        current = method if bits else None
+    for method, bits in selected.items():
+        wrong = [b for b in bits if (b != FIXED_BITS[method] if method in FIXED_BITS
+                                     else not 1 <= b <= 16)]
+        if wrong:
+            raise SystemExit(f"--methods: {method} cannot run at {wrong} bits")
+    return {method: sorted(set(selected[method])) for method in defaults if method in selected}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; ``--quick`` changes the defaults of the others."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", choices=("mini", "slurp_text"), default="mini",
+                        help="corpus name in results.json: mini (spoken here unless --corpus-dir) "
+                             "or slurp_text (needs --corpus-dir)")
+    parser.add_argument("--corpus-dir", type=Path, default=None,
+                        help="an existing SLURP-layout corpus folder")
     parser.add_argument("--quick", action="store_true",
-                        help="CI size: 4 intents, 24 training files, 1 MCT round, 2 bits only, "
-                             "DKM 1 step")
-    parser.add_argument("--output", type=Path, default=REPO / "benchmarks",
-                        help="where results.md, results.json and the plot go")
+                        help="CI size: mini corpus of 4 intents and 24 training files, 1 MCT "
+                             "round, 2 bits, DKM 1 epoch, SKM 8 calibration recordings")
+    parser.add_argument("--methods", default=None,
+                        help="rows to measure, e.g. fp_student,quads_mct:4,kmeans_ptq:2,4,8 "
+                             "(default: every method at its default bit widths)")
+    parser.add_argument("--seeds", default="1", help="training seeds, e.g. 1,2")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="results.json/.md, plot and predictions/ (default benchmarks/; "
+                             "--quick: WORK/report)")
     parser.add_argument("--work", type=Path, default=None,
-                        help="runs, corpus and cached rows (default results/benchmark[_quick])")
-    parser.add_argument("--corpus", type=Path, default=None,
-                        help="an existing SLURP-format corpus to use instead of generating one")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--bits", type=int, nargs="+", default=None,
-                        help="QUADS, k-means PTQ and DKM bit widths (default 2 4 8; quick 2)")
-    parser.add_argument("--sequential-bits", type=int, nargs="+", default=None,
-                        help="bit widths of the distil-then-quantize runs (default 2 4; quick 2)")
-    parser.add_argument("--random-init-bits", type=int, default=None,
-                        help="bit width of the random-init QUADS run (default 4; quick 2)")
-    parser.add_argument("--dkm-steps", type=int, default=None,
-                        help="DKMPalettizer training steps (default 33 = 1 epoch; quick 1)")
+                        help="runs, corpus and cached rows (default results/benchmark/<corpus>, "
+                             "--quick: results/benchmark_quick)")
+    parser.add_argument("--redo", action="store_true",
+                        help="measure the selected rows again even if results.json has them")
+    parser.add_argument("--dkm-epochs", type=int, default=None,
+                        help="DKM training epochs (default 11, QUADS' budget; quick 1)")
+    parser.add_argument("--dkm-lrs", default=None,
+                        help="DKM encoder learning rates tried on valid (default 1e-5,5e-5,2e-4)")
+    parser.add_argument("--dkm-trial-epochs", type=int, default=None,
+                        help="epochs of each DKM learning-rate trial (default 1)")
     parser.add_argument("--dkm-kmeans-iters", type=int, default=3,
-                        help="DKM's kmeans_max_iter (coremltools' default 3)")
-    parser.add_argument("--dkm-max-gb", type=float, default=8.0,
-                        help="skip a DKM bit width whose attention maps would exceed this")
+                        help="DKM's kmeans_max_iter below 8 bits (coremltools' default 3)")
+    parser.add_argument("--dkm-8bit-kmeans-iters", type=int, default=1,
+                        help="kmeans_max_iter from 8 bits up: its maps scale with it (memory)")
+    parser.add_argument("--skm-samples", type=int, default=None,
+                        help="SKMPalettizer calibration recordings (default 128; quick 8)")
     args = parser.parse_args(argv)
-    size = "quick" if args.quick else "full"
-    args.size = size
-    args.bits = args.bits or DEFAULT_BITS[size]
-    args.sequential_bits = args.sequential_bits or DEFAULT_SEQUENTIAL_BITS[size]
-    if args.random_init_bits is None:
-        args.random_init_bits = DEFAULT_RANDOM_INIT_BITS[size]
-    args.dkm_steps = args.dkm_steps if args.dkm_steps is not None else DEFAULT_DKM_STEPS[size]
-    args.work = (args.work or REPO / "results" / f"benchmark{'_quick' if args.quick else ''}")
-    args.work, args.output = args.work.resolve(), args.output.resolve()
+    if args.corpus == "slurp_text" and args.corpus_dir is None:
+        parser.error("--corpus slurp_text needs --corpus-dir")
+    args.size = "quick" if args.quick else "full"
+    args.label = args.corpus + ("_quick" if args.quick else "")
+    args.selected = parse_methods(args.methods, args.size)
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    dkm = DKM[args.size]
+    args.dkm_epochs = dkm["epochs"] if args.dkm_epochs is None else args.dkm_epochs
+    args.dkm_trial_epochs = (dkm["trial_epochs"] if args.dkm_trial_epochs is None
+                             else args.dkm_trial_epochs)
+    args.dkm_lrs = [float(x) for x in args.dkm_lrs.split(",")] if args.dkm_lrs else dkm["lrs"]
+    args.skm_samples = args.skm_samples or SKM_SAMPLES[args.size]
+    work = REPO / "results" / ("benchmark_quick" if args.quick else f"benchmark/{args.corpus}")
+    args.work = (args.work or work).resolve()
+    default_output = args.work / "report" if args.quick else REPO / "benchmarks"
+    args.output = (args.output or default_output).resolve()
     return args
 
 
+def in_child(function, **kwargs) -> dict:
+    """``function(**kwargs)`` in a fresh process: a run killed (e.g. for memory) raises here."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, **kwargs).result()
+
+
 class Benchmark:
-    """The work folder of one benchmark configuration and the rows measured in it."""
+    """The work folder of one corpus and schedule, and the rows measured in it."""
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.work = args.work
-        self.corpus_settings = CORPUS[args.size]
-        self.train_args = [*TRAIN_ARGS[args.size], f"--teacher_cache_dir={self.work / 'teacher_cache'}"]
+        self.results = args.output / "results.json"
+        self.train_args = [*TRAIN_ARGS[args.size],
+                           f"--teacher_cache_dir={self.work / 'teacher_cache'}"]
         self.work.mkdir(parents=True, exist_ok=True)
         self._check_config()
-        self.corpus = args.corpus.resolve() if args.corpus else self._make_corpus()
+        self.corpus = (args.corpus_dir.resolve() if args.corpus_dir else demo.make_corpus(
+            self.work / "corpus", SimpleNamespace(seed=CORPUS_SEED, **MINI[args.size])))
+        self.fresh: set[int] = set()  # seeds whose fp student was trained in this invocation
+        self.measured: list[str] = []
 
     def _check_config(self) -> None:
-        """Refuse a work folder that holds runs of a different corpus, seed or schedule."""
-        config = {"corpus": self.corpus_settings, "corpus_folder": str(self.args.corpus),
-                  "seed": self.args.seed, "train_args": self.train_args}
+        """Refuse a work folder that holds runs of another corpus or schedule."""
+        corpus_dir = str(self.args.corpus_dir.resolve()) if self.args.corpus_dir else None
+        config = {"corpus": self.args.label, "corpus_dir": corpus_dir,
+                  "mini": MINI[self.args.size] if corpus_dir is None else None,
+                  "train_args": self.train_args}
         path = self.work / "benchmark_config.json"
         if path.is_file():
             found = json.loads(path.read_text())
             if found != config:
                 raise SystemExit(f"{path}: this work folder was made with {found}, not {config}; "
                                  "use another --work")
-        path.write_text(json.dumps(config, indent=1) + "\n")
-
-    def _make_corpus(self) -> Path:
-        """Speak the corpus (demo.make_corpus; re-used when complete)."""
-        return demo.make_corpus(self.work / "corpus",
-                                SimpleNamespace(seed=self.args.seed, **self.corpus_settings))
+        report.write_atomic(path, json.dumps(config, indent=1) + "\n")
 
     # ------------------------------------------------------------------ trained runs
-    def train(self, name: str, hparams: str, extra: list[str]) -> dict:
+    def train(self, seed: int, name: str, hparams: str, extra: list[str]) -> dict:
         """Run (or re-use) ``train.py hparams extra``; returns its summary.json plus
-        ``train_seconds`` (wall time of the train.py process, None if run outside this script)
-        and ``resumed`` (the run continued an interrupted one)."""
-        output = self.work / "runs" / name
+        ``train_seconds`` (wall time of the train.py process, None if run outside this script),
+        ``resumed`` and ``folder``."""
+        output = self.work / "runs" / f"seed{seed}" / name
         timing = output / "benchmark_timing.json"
         if not (output / "summary.json").is_file():
             resumed = output.exists()
             start = time.perf_counter()
             demo.train(hparams, self.corpus, output,
-                       SimpleNamespace(seed=self.args.seed, train_args=[*self.train_args, *extra]))
-            timing.write_text(json.dumps({"train_seconds": time.perf_counter() - start,
-                                          "resumed": resumed}) + "\n")
+                       SimpleNamespace(seed=seed, train_args=[*self.train_args, *extra]))
+            report.write_atomic(timing, json.dumps({"train_seconds": time.perf_counter() - start,
+                                                    "resumed": resumed}) + "\n")
+            if name == "fp_student":
+                self.fresh.add(seed)
         summary = json.loads((output / "summary.json").read_text())
         extra_info = json.loads(timing.read_text()) if timing.is_file() else {
             "train_seconds": None, "resumed": None}
         return {**summary, **extra_info, "folder": str(output)}
 
-    @staticmethod
-    def trained_row(method: str, bits: int, run: dict, command: str) -> dict:
-        """A results row from a train.py run."""
+    def fp(self, seed: int) -> dict:
+        """The fp student run of ``seed``; a newly trained one replaces its stored row at once,
+        so the rows derived from it and its own row always describe the same run."""
+        run = self.train(seed, "fp_student", "hparams/slurp_32bit.yaml", [])
+        if seed in self.fresh:
+            self.fresh.discard(seed)
+            self.store(self.trained_row("fp_student", 32, seed))
+        return run
+
+    def trained_row(self, method: str, bits: int, seed: int) -> tuple[dict, dict]:
+        """A train.py run's row and its per-recording correctness."""
+        hparams = f"hparams/slurp_{bits}bit.yaml"
+        name = method if method == "fp_student" else f"{method}_{bits}bit"
+        run = self.train(seed, name, hparams, TRAINED[method])
+        folder = Path(run["folder"])
+        scores = methods.recipe_correctness(folder)
         metrics, compute = run["metrics"], run["compute"]
-        return {"method": method, "bits": bits, "accuracy": metrics["intent_accuracy"],
-                "macro_f1": metrics["macro_f1"], "packed_mb": run["size"]["packed_mb"],
-                "gmacs": compute["student_gmacs_real_length"], "train_seconds": run["train_seconds"],
-                "gmacs_30s": compute["student_gmacs_30s"], "resumed": run["resumed"],
-                "command": command, "run": run["folder"]}
+        row = {**self._base(method, bits, seed, folder), "accuracy": metrics["intent_accuracy"],
+               "macro_f1": metrics["macro_f1"], "packed_mb": run["size"]["packed_mb"],
+               "gmacs": compute["student_gmacs_real_length"],
+               "train_seconds": run["train_seconds"], "gmacs_30s": compute["student_gmacs_30s"],
+               "resumed": run["resumed"], "command": " ".join(
+                   ["python train.py", hparams, f"--seed={seed}", *TRAINED[method],
+                    *TRAIN_ARGS[self.args.size]])}
+        if method == "fp_student":
+            row["reevaluated_accuracy"] = self.cached(seed, "fp_student_reevaluated", {
+                "run": str(folder)}, lambda: {"accuracy": methods.evaluate(
+                    methods.load_student(folder)[0], methods.run_datasets(folder)[0]["test"])
+                    ["accuracy"]})["accuracy"]
+        return row, scores["correct"]
 
-    def command(self, hparams: str, extra: list[str]) -> str:
-        """The train.py command line of a run (for the record)."""
-        return " ".join(["python train.py", hparams, f"--seed={self.args.seed}", *extra,
-                         *TRAIN_ARGS[self.args.size]])
+    def _base(self, method: str, bits: int, seed: int, run: Path) -> dict:
+        """Row keys every row starts with (``ci95`` and ``n_test`` are set when stored)."""
+        labels = json.loads((run / "model" / "config.json").read_text())["labels"]
+        return {"method": method, "bits": bits, "seed": seed, "corpus": self.args.label,
+                "n_test": None, "n_intents": len(labels), "ci95": None}
 
-    # ------------------------------------------------------------------ cached rows
-    def cached(self, key: str, settings: dict, compute) -> dict:
-        """``compute()``'s dict, stored in rows/<key>.json and re-used while ``settings`` match."""
-        path = self.work / "rows" / f"{key}.json"
+    # ------------------------------------------------------------------ cached in-process rows
+    def cached(self, seed: int, key: str, settings: dict, compute) -> dict:
+        """``compute()``'s dict, kept in rows/seed<seed>/<key>.json while ``settings`` match."""
+        path = self.work / "rows" / f"seed{seed}" / f"{key}.json"
         if path.is_file():
             stored = json.loads(path.read_text())
             if stored.get("settings") == settings:
                 return stored
         row = {**compute(), "settings": settings}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(row, indent=1) + "\n")
+        report.write_atomic(path, json.dumps(row, indent=1) + "\n")
         return row
 
-    # ------------------------------------------------------------------ all methods
-    def run(self) -> list[dict]:
-        """Every method's rows, most important runs first (so a cut-short run still informs)."""
-        args = self.args
-        rows = []
-        fp_extra: list[str] = []
-        fp = self.train("fp_student", "hparams/slurp_32bit.yaml", fp_extra)
-        rows.append(self.trained_row("fp_student", 32, fp, self.command(
-            "hparams/slurp_32bit.yaml", fp_extra)))
-        fp_run = Path(fp["folder"])
-        plan = [("quads_mct", b, f"hparams/slurp_{b}bit.yaml", []) for b in args.bits]
-        plan += [("sequential", b, f"hparams/slurp_{b}bit.yaml", ["--strategy=sequential"])
-                 for b in args.sequential_bits]
-        plan.append(("quads_mct_random_init", args.random_init_bits,
-                     f"hparams/slurp_{args.random_init_bits}bit.yaml", ["--init=random"]))
-        for method, bits, hparams, extra in plan:
-            run = self.train(f"{method}_{bits}bit", hparams, extra)
-            rows.append(self.trained_row(method, bits, run, self.command(hparams, extra)))
-        rows[0].update(self.cached("fp_student_reevaluated", {"run": str(fp_run)}, lambda: {
-            "reevaluated_accuracy": methods.evaluate(methods.load_student(fp_run)[0],
-                                                     methods.run_datasets(fp_run)[0]["test"])
-            ["accuracy"]}))
-        rows.insert(0, self.teacher_row(fp))
-        rows.extend(self.post_training_rows(fp))
-        rows.extend(self.dkm_rows(fp))
-        return rows
-
-    def teacher_row(self, fp: dict) -> dict:
-        """The teacher's linear-probe row (cached)."""
-        fp_run = Path(fp["folder"])
-
-        def probe() -> dict:
-            start = time.perf_counter()
-            scores = demo.probe_teacher("hparams/slurp_32bit.yaml", self.corpus, fp_run)
-            return {**scores, "train_seconds": time.perf_counter() - start}
-
-        scores = self.cached("teacher", {"run": str(fp_run)}, probe)
-        compute = fp["compute"]
-        return {"method": "teacher", "bits": 32, "accuracy": scores["accuracy"],
-                "macro_f1": scores["macro_f1"], "packed_mb": scores["size_mb"],
-                "gmacs": compute["teacher_gmacs_real_length"],
-                "train_seconds": scores["train_seconds"],
-                "gmacs_30s": compute["teacher_gmacs_30s"],
-                "note": "fp32 encoder + probe parameters x 4 bytes; train time = feature "
-                        "extraction + probe fit"}
-
-    def post_training_rows(self, fp: dict) -> list[dict]:
-        """k-means PTQ at every bit width and torch dynamic int8, all from the fp student."""
-        fp_run = Path(fp["folder"])
-        compute = fp["compute"]
-        common = {"gmacs": compute["student_gmacs_real_length"],
-                  "gmacs_30s": compute["student_gmacs_30s"]}
-        rows = []
-        for bits in self.args.bits:
-            out = self.work / "exports" / f"kmeans_ptq_{bits}bit"
-            row = self.cached(f"kmeans_ptq_{bits}bit", {"run": str(fp_run), "seed": self.args.seed},
-                              lambda b=bits, o=out: methods.kmeans_ptq(fp_run, b, o, self.args.seed))
-            rows.append({"method": "kmeans_ptq", "bits": bits, **common, **row})
-        row = self.cached("torch_dynamic_int8", {"run": str(fp_run)},
-                          lambda: methods.dynamic_int8(fp_run))
-        rows.append({"method": "torch_dynamic_int8", "bits": 8, **common, **row,
-                     "note": "GMACs: same multiply-accumulates as the fp student, in int8"})
-        return rows
-
-    def dkm_rows(self, fp: dict) -> list[dict]:
-        """coremltools DKMPalettizer at every bit width, or a row saying why it did not run."""
-        args, fp_run = self.args, Path(fp["folder"])
-        gmacs = fp["compute"]
-        rows = []
-        for bits in args.bits:
-            base = {"method": "coremltools_dkm", "bits": bits, "accuracy": None, "macro_f1": None,
-                    "packed_mb": None, "gmacs": gmacs["student_gmacs_real_length"],
-                    "train_seconds": None, "gmacs_30s": gmacs["student_gmacs_30s"]}
-            reason = self._dkm_unavailable(fp_run, bits)
-            if reason:
-                rows.append({**base, "skipped": reason})
-                continue
-            settings = {"run": str(fp_run), "steps": args.dkm_steps, "batch_size": 16,
-                        "kmeans_iters": args.dkm_kmeans_iters, "seed": args.seed,
-                        "lr_encoder": 5e-5, "lr_head": 1e-3}
-            out = self.work / "exports" / f"coremltools_dkm_{bits}bit"
-            print(f"[benchmark] coremltools DKMPalettizer, {bits} bits, {args.dkm_steps} steps",
-                  flush=True)
-            compute = functools.partial(
-                methods.dkm_palettize, fp_run, bits, out, steps=settings["steps"],
-                batch_size=settings["batch_size"], lr_encoder=settings["lr_encoder"],
-                lr_head=settings["lr_head"], kmeans_iters=settings["kmeans_iters"],
-                seed=settings["seed"])
+    def derived_row(self, method: str, bits: int, seed: int) -> tuple[dict, dict | None]:
+        """A row computed in-process from the fp student (or a skipped row with its reason)."""
+        fp = self.fp(seed)
+        folder, compute = Path(fp["folder"]), fp["compute"]
+        base = {**self._base(method, bits, seed, folder), "accuracy": None, "macro_f1": None,
+                "packed_mb": None, "gmacs": compute["student_gmacs_real_length"],
+                "train_seconds": None, "gmacs_30s": compute["student_gmacs_30s"]}
+        key, run = f"{method}_{bits}bit", str(folder)
+        exports = self.work / "exports" / f"seed{seed}" / key
+        if method in ("teacher", "student_probe"):
+            settings = {"run": run, "seed": seed}
+            result = self.cached(seed, key, settings, functools.partial(
+                self._probe, method, folder, seed))
+            base["note"] = "size: fp32 encoder + probe parameters x 4 bytes"
+            if method == "teacher":
+                base.update(gmacs=compute["teacher_gmacs_real_length"],
+                            gmacs_30s=compute["teacher_gmacs_30s"])
+            result = {**result, "packed_mb": result.pop("size_mb")}
+        elif method == "kmeans_ptq":
+            result = self.cached(seed, key, {"run": run, "seed": seed}, functools.partial(
+                methods.kmeans_ptq, folder, bits, exports, seed))
+        elif method == "torch_dynamic_int8":
+            result = self.cached(seed, key, {"run": run}, functools.partial(
+                methods.dynamic_int8, folder))
+            base["note"] = "GMACs: same multiply-accumulates as the fp student, in int8"
+        else:
             try:
-                row = self.cached(f"coremltools_dkm_{bits}bit", settings, compute)
-            except Exception as error:  # a third-party failure is a result to report, not a crash
+                result = self._palettize(method, bits, seed, folder, exports)
+            except Exception as error:  # a third-party failure is a result to report
                 traceback.print_exc()
-                rows.append({**base, "skipped": f"DKMPalettizer failed: "
-                                                f"{type(error).__name__}: {error}"})
-                continue
-            rows.append({**base, **row})
-        return rows
+                name = "DKMPalettizer" if method == "coremltools_dkm" else "SKMPalettizer"
+                return {**base, "skipped": f"{name} failed: {type(error).__name__}: {error}"}, None
+        result = {k: v for k, v in result.items() if k != "settings"}
+        correct = result.pop("correct")
+        return {**base, **result}, correct
 
-    def _dkm_unavailable(self, fp_run: Path, bits: int) -> str | None:
-        """Why DKM cannot run at ``bits`` here (not installed, or too much memory), or None."""
-        try:
-            import coremltools.optimize.torch.palettization  # noqa: F401
-        except ImportError as error:
-            return f"coremltools is not importable ({error}); pip install -e '.[bench]'"
-        model, _ = methods.load_student(fp_run)
-        need = methods.dkm_attention_gb(model, bits, self.args.dkm_kmeans_iters)
-        if need > self.args.dkm_max_gb:
-            return (f"DKM would keep ~{need:.0f} GB of distance/attention maps per step at "
-                    f"{bits} bits ({self.args.dkm_kmeans_iters} k-means iterations x "
-                    f"{2**bits} centroids x every weight), over the --dkm-max-gb "
-                    f"{self.args.dkm_max_gb:g} limit of this {_memory_gb():.0f} GB machine")
-        return None
+    def _palettize(self, method: str, bits: int, seed: int, folder: Path, exports: Path) -> dict:
+        """coremltools SKM or DKM, cached, in a child process."""
+        args = self.args
+        if method == "coremltools_skm":
+            settings = {"run": str(folder), "seed": seed, "samples": args.skm_samples}
+            return self.cached(seed, f"{method}_{bits}bit", settings, functools.partial(
+                in_child, methods.skm_palettize, fp_run=folder, bits=bits, out_dir=exports,
+                samples=args.skm_samples, seed=seed))
+        iters = args.dkm_8bit_kmeans_iters if bits >= 8 else args.dkm_kmeans_iters
+        settings = {"run": str(folder), "seed": seed, "epochs": args.dkm_epochs,
+                    "trial_epochs": args.dkm_trial_epochs, "lrs": args.dkm_lrs, "lr_head": 1e-3,
+                    "batch_size": 16, "kmeans_iters": iters}
+        print(f"[benchmark] coremltools DKMPalettizer, {bits} bits, seed {seed}: {settings}",
+              flush=True)
+        model, _ = methods.load_student(folder)
+        estimate = methods.dkm_attention_gb(model, bits, iters)
+        result = self.cached(seed, f"{method}_{bits}bit", settings, functools.partial(
+            in_child, methods.dkm_with_lr_search, fp_run=folder, bits=bits, out_dir=exports,
+            epochs=args.dkm_epochs, trial_epochs=args.dkm_trial_epochs, lrs=args.dkm_lrs,
+            lr_head=1e-3, batch_size=16, kmeans_iters=iters, seed=seed))
+        return {**result, "kmeans_iters": iters, "attention_gb_estimate": round(estimate, 2)}
+
+    def _probe(self, method: str, folder: Path, seed: int) -> dict:
+        """Linear probe of the frozen teacher or pretrained student (timed)."""
+        with open(RECIPE / "hparams" / "slurp_32bit.yaml", encoding="utf-8") as handle:
+            hparams = load_hyperpyyaml(handle, {"data_folder": str(self.corpus),
+                                                "output_folder": str(folder)})
+        datasets, labels = methods.run_datasets(folder)
+        encoder = hparams["teacher" if method == "teacher" else "student"].eval()
+        print(f"[benchmark] {method}: linear probe of the frozen encoder", flush=True)
+        start = time.perf_counter()
+        result = methods.probe(encoder, datasets, len(labels), seed=seed)
+        return {**result, "train_seconds": time.perf_counter() - start}
+
+    # ------------------------------------------------------------------ all rows
+    def finished(self, method: str, bits: int, seed: int) -> bool:
+        """The row is in results.json, measured with its predictions or skipped with a reason."""
+        row = report.find(report.load(self.results), self.args.label, method, bits, seed)
+        if row is None or self.args.redo:
+            return False
+        return bool(row.get("skipped")) or report.read_predictions(self.args.output, row) is not None
+
+    def store(self, measured: tuple[dict, dict | None]) -> None:
+        """Merge one row into results.json and re-render results.md and the plot."""
+        row, correct = measured
+        stored = report.store_row(self.results, row, correct)
+        report.render(self.results)
+        self.measured.append(report.row_key(stored))
+        accuracy = "skipped" if stored.get("skipped") else f"{100 * stored['accuracy']:.2f} %"
+        print(f"[benchmark] stored {self.args.label}/{report.row_key(stored)}: {accuracy}",
+              flush=True)
+
+    def run(self) -> None:
+        """Every selected row of every seed not yet in results.json, in :data:`METHOD_BITS`
+        order (so a sitting cut short still adds the most important rows)."""
+        for seed in self.args.seeds:
+            for method, widths in self.args.selected.items():
+                for bits in widths:
+                    if self.finished(method, bits, seed):
+                        print(f"[benchmark] {method} {bits} bits seed {seed}: in results.json",
+                              flush=True)
+                        continue
+                    if method == "fp_student":
+                        stored = len(self.measured)
+                        self.fp(seed)
+                        if len(self.measured) > stored:  # newly trained: fp() stored its row
+                            continue
+                    if method in TRAINED:
+                        self.store(self.trained_row(method, bits, seed))
+                    else:
+                        self.store(self.derived_row(method, bits, seed))
+
+    def corpus_info(self) -> dict:
+        """The corpus' description for results.md, with split sizes from the first fp run."""
+        fp = self.work / "runs" / f"seed{self.args.seeds[0]}" / "fp_student"
+        sizes = {}
+        for split, name in (("train", "train-type=direct.csv"), ("valid", "devel-type=direct.csv"),
+                            ("test", "test-type=direct.csv")):
+            if (fp / name).is_file():
+                with open(fp / name, newline="", encoding="utf-8") as handle:
+                    sizes[f"n_{split}"] = sum(1 for _ in csv.DictReader(handle))
+        what = (f"the offline mini SLURP corpus (`recipes/mini_corpus`, {MINI[self.args.size]}, "
+                f"corpus seed {CORPUS_SEED}; test speakers unseen in training)"
+                if self.args.corpus_dir is None else f"the SLURP-layout corpus `{self.corpus}`")
+        counts = ", ".join(f"{k.removeprefix('n_')} {v}" for k, v in sizes.items())
+        overrides = " ".join(TRAIN_ARGS[self.args.size]) or "none (5 MCT rounds, 11 epochs)"
+        return {"folder": str(self.corpus), **sizes, "description": (
+            f"Corpus: {what}; recordings: {counts or 'unknown (no fp run yet)'}. Teacher Whisper "
+            f"base, student Whisper tiny.en (all 4 layers); train.py overrides: `{overrides}`.")}
 
 
 def _memory_gb() -> float:
@@ -292,7 +409,7 @@ def _memory_gb() -> float:
 
 
 def machine() -> str:
-    """One line describing the CPU, memory, Python and torch."""
+    """One line describing the CPU, memory, GPU, Python and torch."""
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
@@ -300,75 +417,29 @@ def machine() -> str:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return (f"{cpu}, {os.cpu_count()} cores, {_memory_gb():.0f} GB RAM, no GPU; "
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores, {_memory_gb():.0f} GB RAM, {gpu}; "
             f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
             f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
 
 
-def write_outputs(rows: list[dict], bench: Benchmark, minutes: float, argv: list[str]) -> None:
-    """results.json, results.md and accuracy_vs_size.png into the output folder."""
-    args = bench.args
-    output = args.output
-    output.mkdir(parents=True, exist_ok=True)
-    for row in rows:
-        row.pop("settings", None)
-    (output / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
-    title = f"Mini SLURP ({bench.corpus_settings['n_intents']} intents), seed {args.seed}"
-    report.plot(rows, output / "accuracy_vs_size.png", title)
-    corpus = ", ".join(f"{k.removeprefix('n_')} {v}" for k, v in bench.corpus_settings.items())
-    dkm = (f"coremltools {_version('coremltools')} `DKMPalettizer`: `n_bits` = b, "
-           f"`weight_threshold` 0, `kmeans_max_iter` {args.dkm_kmeans_iters}, `kmeans_init` "
-           "`opt1d` (the default k-means++ init, 10 restarts x 100 iterations per tensor, did not "
-           "finish one step in 10 min here) on every Linear and Conv1d (the layers QUADS "
-           f"quantizes), started from the fp student, {args.dkm_steps} Adam step(s) (encoder 5e-5, "
-           "head 1e-3, as QUADS' distillation) on cross-entropy with batches of 16, then "
-           "`finalize()`; the palettized weights are written in the QUADS packed format. Its "
-           "train time includes the initial clustering.")
-    text = "\n".join([
-        "# Benchmark: QUADS against other ways to compress the student", "",
-        "```bash", "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in argv), "```", "",
-        f"Machine: {machine()}. Wall time of this invocation {minutes:.1f} min (runs and rows "
-        "already in the work folder are re-used, not re-timed).", "",
-        f"Corpus: the offline mini SLURP corpus ({corpus}; seed {args.seed}; "
-        f"`recipes/mini_corpus`). Teacher Whisper base, student Whisper tiny.en (all 4 layers). "
-        f"train.py overrides: `{' '.join(TRAIN_ARGS[args.size]) or 'none (the recipe defaults)'}`.",
-        "", report.table(rows), "",
-        "## Targets", "", *(report.targets(rows) or ["- (not enough rows to check)"]), "",
-        "## What each row is", "",
-        "- Accuracy and macro-F1: test split, in %. Packed size: the exported file in MiB "
-        "(`model.safetensors`; torch dynamic int8: its `torch.save` state_dict; teacher: fp32 "
-        "parameters). GMACs: one utterance of the test set's mean length, variable-length input "
-        "(`gmacs_30s` in results.json: Whisper's 30-s padding). Train time: wall seconds of the "
-        "train.py process (start-up, training, test, export); the first run (fp student) also "
-        "fills the shared teacher cache; post-training rows: clustering/conversion time.",
-        "- k-means PTQ: `quantize_` on the fp student (QUADS' default per-tensor k-means), no "
-        "training. torch dynamic int8: `quantize_dynamic(model, {nn.Linear}, torch.qint8)`.",
-        f"- {dkm}",
-        "- Sequential and random-init runs have the same epoch budget as the QUADS runs.",
-        "", "![accuracy vs size](accuracy_vs_size.png)", ""])
-    (output / "results.md").write_text(text)
-    print("\n" + text, flush=True)
-
-
-def _version(package: str) -> str:
-    """Installed version of ``package`` or ``not installed``."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "(not installed)"
-
-
-def main(argv: list[str] | None = None) -> list[dict]:
-    """Run the benchmark; returns its rows."""
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; returns results.json's content."""
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     start = time.time()
     bench = Benchmark(args)
-    rows = bench.run()
-    write_outputs(rows, bench, (time.time() - start) / 60, argv)
-    return rows
+    bench.run()
+    results = report.load(bench.results)
+    results["corpora"][args.label] = bench.corpus_info()
+    results["invocations"].append({
+        "corpus": args.label, "command": "python benchmarks/run.py " + shlex.join(argv),
+        "machine": machine(), "minutes": (time.time() - start) / 60,
+        "date": datetime.date.today().isoformat(), "rows": bench.measured})
+    report.write_atomic(bench.results, json.dumps(results, indent=1) + "\n")
+    report.render(bench.results)
+    print((args.output / "results.md").read_text(), flush=True)
+    return results
 
 
 if __name__ == "__main__":

@@ -8,10 +8,21 @@ from pathlib import Path
 
 import pytest
 
+from speechbrain_quads.evaluation.stats import clopper_pearson, mcnemar_exact
+
 REPO = Path(__file__).resolve().parents[1]
-ROW_KEYS = {"method", "bits", "accuracy", "macro_f1", "packed_mb", "gmacs", "train_seconds"}
-METHODS = {"teacher", "fp_student", "kmeans_ptq", "sequential", "quads_mct",
-           "quads_mct_random_init", "torch_dynamic_int8", "coremltools_dkm"}
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import report  # noqa: E402  (benchmarks/report.py: the results store)
+
+ROW_KEYS = {"method", "bits", "seed", "corpus", "n_test", "n_intents", "accuracy", "ci95",
+            "macro_f1", "packed_mb", "gmacs", "train_seconds"}
+METHODS = {"teacher", "student_probe", "fp_student", "kmeans_ptq", "sequential", "quads_mct",
+           "quads_mct_random_init", "torch_dynamic_int8", "coremltools_dkm", "coremltools_skm"}
+QUICK_PAIRS = {("student_probe:32", "fp_student:32"), ("teacher:32", "fp_student:32"),
+               *{("quads_mct:2", f"{peer}:2") for peer in (
+                   "sequential", "kmeans_ptq", "coremltools_dkm", "coremltools_skm",
+                   "quads_mct_random_init")}}
 
 
 def _run(*args: str, timeout: int) -> subprocess.CompletedProcess:
@@ -23,69 +34,146 @@ def _run(*args: str, timeout: int) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory) -> tuple[Path, Path, list[dict]]:
-    """Output folder, work folder and rows of one ``run.py --quick``."""
+def quick(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """Output folder, work folder and results.json of one ``run.py --quick``."""
     root = tmp_path_factory.mktemp("bench")
     output, work = root / "out", root / "work"
     _run("benchmarks/run.py", "--quick", "--output", str(output), "--work", str(work),
-         timeout=600)
+         timeout=900)
     return output, work, json.loads((output / "results.json").read_text())
 
 
+def _rows(results: dict) -> dict:
+    return {(row["method"], row["bits"]): row for row in results["rows"]}
+
+
 def test_quick_rows_cover_every_method_with_sane_values(quick):
-    output, _, rows = quick
-    assert {row["method"] for row in rows} == METHODS
-    for row in rows:
+    output, _, results = quick
+    assert {row["method"] for row in results["rows"]} == METHODS
+    for row in results["rows"]:
         assert ROW_KEYS <= set(row), row
-        assert row["bits"] in (2, 4, 8, 32)
-        if row.get("skipped"):  # only a third-party method may be missing, with its reason
-            assert row["method"] == "coremltools_dkm" and len(row["skipped"]) > 10
-            assert row["skipped"] in (output / "results.md").read_text()
-            continue
-        assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["macro_f1"] <= 1.0
+        assert (row["corpus"], row["seed"], row["n_intents"]) == ("mini_quick", 1, 4)
+        assert row["bits"] in (2, 8, 32)
+        assert not row.get("skipped"), row["skipped"]
+        assert row["n_test"] == 12 and 0.0 <= row["macro_f1"] <= 1.0
+        correct = report.read_predictions(output, row)  # file name -> 0/1, the same 12 for all
+        assert len(correct) == 12 and all(name.endswith((".wav", ".flac")) for name in correct)
+        right = sum(correct.values())
+        assert row["accuracy"] == pytest.approx(right / 12)
+        assert row["ci95"] == pytest.approx(list(clopper_pearson(right, 12)))
+        assert row["ci95"][0] <= row["accuracy"] <= row["ci95"][1]
         assert row["packed_mb"] > 0 and row["gmacs"] > 0 and row["train_seconds"] >= 0
-    by_key = {(row["method"], row["bits"]): row for row in rows if not row.get("skipped")}
+    by_key = _rows(results)
     fp = by_key[("fp_student", 32)]
-    assert fp["reevaluated_accuracy"] == pytest.approx(fp["accuracy"])
+    assert fp["reevaluated_accuracy"] == pytest.approx(fp["accuracy"])  # in-process == train.py
     assert by_key[("quads_mct", 2)]["packed_mb"] < fp["packed_mb"] / 6
-    for method in ("kmeans_ptq", "sequential", "quads_mct_random_init", "coremltools_dkm"):
+    for method in ("kmeans_ptq", "sequential", "quads_mct_random_init", "coremltools_dkm",
+                   "coremltools_skm"):
         assert by_key[(method, 2)]["packed_mb"] == pytest.approx(
             by_key[("quads_mct", 2)]["packed_mb"], rel=0.01)
     assert by_key[("torch_dynamic_int8", 8)]["packed_mb"] < fp["packed_mb"] / 2
     assert by_key[("teacher", 32)]["gmacs"] > fp["gmacs"]
+    assert by_key[("teacher", 32)]["packed_mb"] > by_key[("student_probe", 32)]["packed_mb"]
 
 
-def test_quick_dkm_runs_and_is_palettized(quick):
-    rows = [row for row in quick[2] if row["method"] == "coremltools_dkm"]
-    assert [row["bits"] for row in rows] == [2]
-    for row in rows:
-        assert not row.get("skipped"), row["skipped"]
-        assert 1 < row["unique_values_max"] <= 2 ** row["bits"]
+def test_quick_comparisons_are_exact_mcnemar_on_the_stored_predictions(quick):
+    output, _, results = quick
+    assert {(c["a"], c["b"]) for c in results["comparisons"]} == QUICK_PAIRS
+    by_key = _rows(results)
+    for item in results["comparisons"]:
+        rows = [by_key[tuple(int(x) if x.isdigit() else x for x in spec.split(":"))]
+                for spec in (item["a"], item["b"])]
+        a, b = (report.read_predictions(output, row) for row in rows)
+        assert item["a_only"] == sum(a[f] and not b[f] for f in a)
+        assert item["b_only"] == sum(b[f] and not a[f] for f in a)
+        assert item["p_value"] == mcnemar_exact(item["a_only"], item["b_only"])
+        assert (item["accuracy_a"], item["accuracy_b"]) == pytest.approx(
+            (rows[0]["accuracy"], rows[1]["accuracy"]))
+        assert item["n"] == 12 and (item["corpus"], item["seed"]) == ("mini_quick", 1)
+
+
+def test_quick_coremltools_peers_are_palettized(quick):
+    by_key = _rows(quick[2])
+    dkm, skm = by_key[("coremltools_dkm", 2)], by_key[("coremltools_skm", 2)]
+    assert 1 < dkm["unique_values_max"] <= 4 and dkm["kmeans_fallback"] == []
+    assert (dkm["epochs"], dkm["steps"], dkm["trial_epochs"]) == (1, 2, 1)  # 28 files, batch 16
+    assert [t["lr_encoder"] for t in dkm["lr_trials"]] == [5e-5, 2e-4]
+    assert dkm["lr_encoder"] == max(dkm["lr_trials"], key=lambda t: t["valid_accuracy"])[
+        "lr_encoder"]
+    assert 1 < skm["unique_values_max"] <= 4 and skm["calibration_samples"] == 8
+    assert skm["kmeans_fallback"] == ["student.encoder.conv1", "student.encoder.conv2"]
 
 
 def test_quick_report_and_plot(quick):
-    output, _, _ = quick
+    output, _, results = quick
     text = (output / "results.md").read_text()
-    assert "python benchmarks/run.py --quick" in text and "| QUADS (MCT) | 2 |" in text
-    assert "## Targets" in text and "cores" in text
+    assert "python benchmarks/run.py --quick" in text and "| QUADS (MCT) | 2 | 1 |" in text
+    assert "95% CI" in text and "### Paired comparisons" in text and "cores" in text
+    for item in results["comparisons"]:
+        line = next(x for x in text.splitlines() if x.startswith(
+            f"| {report._name(item['a'])} | {report._name(item['b'])} |"))
+        win = item["p_value"] < 0.05 and item["a_only"] != item["b_only"]
+        assert ("better" in line) == win and ("no measurable difference" in line) != win
     assert (output / "accuracy_vs_size.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_second_run_reuses_every_result(quick):
-    output, work, rows = quick
-    again = output.parent / "again"
+def test_second_run_skips_finished_rows_and_redo_merges_one(quick):
+    output, work, results = quick
     start = time.perf_counter()
-    _run("benchmarks/run.py", "--quick", "--output", str(again), "--work", str(work), timeout=300)
+    again = _run("benchmarks/run.py", "--quick", "--output", str(output), "--work", str(work),
+                 timeout=300)
     assert time.perf_counter() - start < 120
-    assert json.loads((again / "results.json").read_text()) == rows
+    assert again.stdout.count("in results.json") == len(results["rows"])
+    after = json.loads((output / "results.json").read_text())
+    assert after["rows"] == results["rows"] and len(after["invocations"]) == 2
+    _run("benchmarks/run.py", "--quick", "--output", str(output), "--work", str(work),
+         "--methods", "kmeans_ptq:2", "--redo", timeout=300)
+    redone = json.loads((output / "results.json").read_text())
+    assert redone["invocations"][-1]["rows"] == ["kmeans_ptq_2bit_seed1"]
+    assert sorted(map(report.row_key, redone["rows"])) == sorted(
+        map(report.row_key, results["rows"]))
+    assert _rows(redone)[("kmeans_ptq", 2)]["accuracy"] == _rows(results)[("kmeans_ptq", 2)][
+        "accuracy"]  # re-used from the work folder's cache
+
+
+def test_store_keeps_other_corpora_and_refuses_another_test_set(tmp_path):
+    path = tmp_path / "results.json"
+    row = {"method": "kmeans_ptq", "bits": 4, "seed": 1, "corpus": "mini", "n_test": None,
+           "n_intents": 3, "accuracy": 0.75, "ci95": None, "macro_f1": 0.7, "packed_mb": 3.7,
+           "gmacs": 0.8, "train_seconds": 1.0}
+    report.store_row(path, row, {"a.wav": 1, "b.wav": 1, "c.wav": 1, "d.wav": 0})
+    report.store_row(path, {**row, "corpus": "slurp_text", "accuracy": 0.5},
+                     {"x.flac": 1, "y.flac": 0})
+    report.store_row(path, {**row, "accuracy": 0.5}, {"a.wav": 1, "b.wav": 0, "c.wav": 1,
+                                                      "d.wav": 0})
+    stored = report.load(path)["rows"]
+    assert [(r["corpus"], r["accuracy"], r["n_test"]) for r in stored] == [
+        ("slurp_text", 0.5, 2), ("mini", 0.5, 4)]
+    assert stored[1]["ci95"] == pytest.approx([0.0675860, 0.9324140], abs=1e-7)
+    assert (tmp_path / "predictions/mini/kmeans_ptq_4bit_seed1.json").read_text() == (
+        '{"correct": "1010"}\n')
+    with pytest.raises(ValueError, match="differ from the 4 of"):
+        report.store_row(path, row, {"a.wav": 1, "b.wav": 1, "c.wav": 1, "e.wav": 0})
+    with pytest.raises(ValueError, match="accuracy 0.75 but 1/4 correct"):
+        report.store_row(path, row, {"a.wav": 1, "b.wav": 0, "c.wav": 0, "d.wav": 0})
 
 
 def test_work_folder_of_another_configuration_is_refused(quick):
     _, work, _ = quick
-    result = subprocess.run([sys.executable, "benchmarks/run.py", "--quick", "--seed", "7",
-                             "--work", str(work), "--output", str(work.parent / "refused")],
+    result = subprocess.run([sys.executable, "benchmarks/run.py", "--quick", "--corpus-dir",
+                             str(work / "corpus"), "--work", str(work), "--output",
+                             str(work.parent / "refused")],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "use another --work" in result.stderr
+
+
+def test_methods_option_is_checked():
+    result = subprocess.run([sys.executable, "benchmarks/run.py", "--methods", "quads_mct:4,bogus"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "unknown method 'bogus'" in result.stderr
+    result = subprocess.run([sys.executable, "benchmarks/run.py", "--methods", "fp_student:4"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "fp_student cannot run at [4] bits" in result.stderr
 
 
 def test_latency_tiny(tmp_path):
