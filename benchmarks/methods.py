@@ -199,9 +199,10 @@ def dkm_attention_gb(model: nn.Module, bits: int, kmeans_iters: int) -> float:
 
 def dkm_palettize(fp_run: Path, bits: int, out_dir: Path | None, epochs: int, batch_size: int,
                   lr_encoder: float, lr_head: float, kmeans_iters: int, seed: int,
-                  split: str = "test") -> dict:
+                  splits: tuple[str, ...] = ("test",)) -> dict:
     """Fine-tune the fp student under coremltools' DKMPalettizer for ``epochs`` epochs, finalize,
-    export in the QUADS packed format (unless ``out_dir`` is None) and score on ``split``.
+    export in the QUADS packed format (unless ``out_dir`` is None) and score on ``splits``
+    (``"test"``: the scores below; ``"valid"``: ``valid_accuracy``).
 
     Config: ``n_bits=bits``, ``weight_threshold=0`` for ``Linear`` and ``Conv1d`` (the layers
     QUADS quantizes), ``kmeans_max_iter=kmeans_iters``, ``kmeans_init="opt1d"`` (coremltools'
@@ -213,7 +214,7 @@ def dkm_palettize(fp_run: Path, bits: int, out_dir: Path | None, epochs: int, ba
     Returns:
         ``accuracy``, ``macro_f1``, ``correct``, ``train_seconds`` (prepare + steps + finalize),
         ``steps``, ``unique_values_max`` (most distinct values in one weight after ``finalize``),
-        and with ``out_dir``: ``packed_mb`` and ``export``.
+        ``kmeans_fallback`` (empty), with ``out_dir`` ``packed_mb`` and ``export``.
     """
     from coremltools.optimize.torch.palettization import DKMPalettizer, DKMPalettizerConfig
 
@@ -247,7 +248,8 @@ def dkm_palettize(fp_run: Path, bits: int, out_dir: Path | None, epochs: int, ba
         palettizer.step()
     finalized = palettizer.finalize(inplace=True)
     seconds = time.perf_counter() - start
-    return {**_palettized_result(finalized, fp_run, bits, labels, out_dir, datasets[split]),
+    scored = {split: datasets[split] for split in splits}
+    return {**_palettized_result(finalized, fp_run, bits, labels, out_dir, scored),
             "train_seconds": seconds, "steps": steps}
 
 
@@ -258,23 +260,29 @@ def dkm_with_lr_search(fp_run: Path, bits: int, out_dir: Path, epochs: int, tria
 
     Each of ``lrs`` trains ``trial_epochs`` epochs and is scored on the valid split (a single
     candidate is taken without a trial); the best (the smaller on ties) trains ``epochs`` epochs
-    and is scored on the test split. Returns :func:`dkm_palettize`'s dict plus ``lr_encoder``,
-    ``lr_head``, ``epochs`` and ``lr_trials`` ([{``lr_encoder``, ``valid_accuracy``,
-    ``seconds``}]); ``train_seconds`` counts the trials too.
+    and is scored on the test split. When ``trial_epochs == epochs`` the best trial is that run
+    (same seed, same batches), so it is not trained twice. Returns :func:`dkm_palettize`'s dict
+    plus ``lr_encoder``, ``lr_head``, ``epochs``, ``trial_epochs`` and ``lr_trials``
+    ([{``lr_encoder``, ``valid_accuracy``, ``seconds``}]); ``train_seconds`` counts the trials.
     """
     common = {"bits": bits, "batch_size": batch_size, "lr_head": lr_head,
               "kmeans_iters": kmeans_iters, "seed": seed}
-    trials = []
+    reuse = trial_epochs == epochs
+    trials, runs = [], {}
     for lr in sorted(lrs) if len(lrs) > 1 else []:
-        result = dkm_palettize(fp_run, out_dir=None, epochs=trial_epochs, lr_encoder=lr,
-                               split="valid", **common)
-        trials.append({"lr_encoder": lr, "valid_accuracy": result["accuracy"],
-                       "seconds": result["train_seconds"]})
+        export = out_dir.with_name(f"{out_dir.name}_lr{lr:g}") if reuse else None
+        runs[lr] = dkm_palettize(fp_run, out_dir=export, epochs=trial_epochs, lr_encoder=lr,
+                                 splits=("valid", "test") if reuse else ("valid",), **common)
+        trials.append({"lr_encoder": lr, "valid_accuracy": runs[lr].pop("valid_accuracy"),
+                       "seconds": runs[lr]["train_seconds"]})
     best = max(trials, key=lambda t: t["valid_accuracy"])["lr_encoder"] if trials else lrs[0]
-    final = dkm_palettize(fp_run, out_dir=out_dir, epochs=epochs, lr_encoder=best, **common)
-    return {**final, "train_seconds": final["train_seconds"] + sum(t["seconds"] for t in trials),
-            "lr_encoder": best, "lr_head": lr_head, "epochs": epochs, "lr_trials": trials,
-            "trial_epochs": trial_epochs if trials else 0}
+    if reuse and trials:
+        final, seconds = runs[best], sum(t["seconds"] for t in trials)
+    else:
+        final = dkm_palettize(fp_run, out_dir=out_dir, epochs=epochs, lr_encoder=best, **common)
+        seconds = final["train_seconds"] + sum(t["seconds"] for t in trials)
+    return {**final, "train_seconds": seconds, "lr_encoder": best, "lr_head": lr_head,
+            "epochs": epochs, "lr_trials": trials, "trial_epochs": trial_epochs if trials else 0}
 
 
 def skm_palettize(fp_run: Path, bits: int, out_dir: Path, samples: int, seed: int) -> dict:
@@ -312,22 +320,26 @@ def skm_palettize(fp_run: Path, bits: int, out_dir: Path, samples: int, seed: in
     start = time.perf_counter()
     compressed = SKMPalettizer(model, config).compress(dataloader=loader, loss_fn=loss_fn)
     seconds = time.perf_counter() - start
-    return {**_palettized_result(compressed, fp_run, bits, labels, out_dir, datasets["test"],
-                                 fallback_seed=seed),
+    return {**_palettized_result(compressed, fp_run, bits, labels, out_dir,
+                                 {"test": datasets["test"]}, fallback_seed=seed),
             "train_seconds": seconds, "calibration_samples": samples}
 
 
 def _palettized_result(palettized: nn.Module, fp_run: Path, bits: int, labels: list[str],
-                       out_dir: Path | None, dataset: DynamicItemDataset,
+                       out_dir: Path | None, datasets: dict[str, DynamicItemDataset],
                        fallback_seed: int | None = None) -> dict:
-    """Score a palettized model's weights in a plain copy of the fp student, exported (if
-    ``out_dir``) in the QUADS packed format: its codebooks are the palettes, bit for bit (see
-    :func:`exact_codebooks` for ``fallback_seed``)."""
+    """A palettized model's weights in a plain copy of the fp student, exported (if ``out_dir``)
+    in the QUADS packed format, its codebooks the palettes bit for bit (see
+    :func:`exact_codebooks` for ``fallback_seed``); scored on ``datasets["test"]`` (accuracy,
+    macro-F1, correct) and ``datasets["valid"]`` (``valid_accuracy``) where given."""
     plain, _ = load_student(fp_run)
     _copy_weights(palettized, plain)
     quantizer, unique_max, fallback = exact_codebooks(plain, bits, fallback_seed)
-    result = {**evaluate(plain, dataset), "unique_values_max": unique_max,
-              "kmeans_fallback": fallback}
+    result = {"unique_values_max": unique_max, "kmeans_fallback": fallback}
+    if "test" in datasets:
+        result.update(evaluate(plain, datasets["test"]))
+    if "valid" in datasets:
+        result["valid_accuracy"] = evaluate(plain, datasets["valid"])["accuracy"]
     if out_dir is not None:
         sizes = export_model(SimpleNamespace(deployable=plain, quantizer=quantizer),
                              {"bits": bits}, labels, out_dir)

@@ -230,14 +230,17 @@ METHOD_NOTES = [
     "and a linear layer trained by full-batch Adam (500 steps, lr 0.01, weight decay 1e-3) on "
     "the training split. The pretrained-student probe is the floor a trained student must clear.",
     "coremltools SKMPalettizer: `SKMPalettizer(model, config).compress(dataloader, loss_fn)` with "
-    "`n_bits` = b, per-tensor LUTs on every Linear and Conv1d, the squared cross-entropy gradients "
-    "of `calibration_samples` single training recordings as k-means weights.",
+    "`n_bits` = b, per-tensor LUTs on every Linear, the squared cross-entropy gradients of "
+    "`calibration_samples` single training recordings as k-means weights. coremltools 9.0's "
+    "k-means has no Conv1d support, so Whisper's two input convolutions (7 % of the weights, "
+    "`kmeans_fallback`) get QUADS' plain k-means at the same bits.",
     "coremltools DKMPalettizer: `n_bits` = b, `weight_threshold` 0, `kmeans_init` `opt1d` on every "
     "Linear and Conv1d, started from the fp student, Adam on cross-entropy (batches of 16) for "
     "`epochs` passes over the training set - 11, the QUADS runs' epoch budget - then `finalize()`; "
     "the encoder learning rate is chosen on the valid split from `lr_trials` (each candidate "
-    "trained `trial_epochs` epochs), head lr 1e-3. `palett_max_mem` acts only on CUDA in "
-    "coremltools 9.0 (its memory hook queries the GPU), so on a CPU the memory lever is "
+    "trained `trial_epochs` epochs; when that is the whole budget, the best trial is the final "
+    "run), head lr 1e-3. `palett_max_mem` acts only on CUDA in coremltools 9.0 (its memory hook "
+    "queries the GPU), so on a CPU the memory lever is "
     "`kmeans_max_iter` (the distance/attention maps it keeps scale with it); 8-bit rows run in a "
     "child process, so a run killed for memory is recorded with its reason.",
     "Sequential and random-init runs have the same epoch budget as the QUADS runs.",
@@ -247,8 +250,8 @@ METHOD_NOTES = [
 def _dkm_settings(rows: list[dict]) -> list[str]:
     """One line per measured DKM row: epochs, steps, chosen lr and the valid-split trials."""
     lines = []
-    for row in sorted((r for r in rows if r["method"] == "coremltools_dkm" and
-                       not r.get("skipped")), key=lambda r: (r["bits"], r["seed"])):
+    for row in sorted((r for r in rows if r["method"] == "coremltools_dkm" and "lr_trials" in r),
+                      key=lambda r: (r["bits"], r["seed"])):
         trials = ", ".join(f"{t['lr_encoder']:g}: {_pct(t['valid_accuracy'])} %"
                            for t in row.get("lr_trials", [])) or "one candidate, no trial"
         lines.append(f"- DKM {row['bits']} bits, seed {row['seed']}: {row.get('epochs')} epochs "
@@ -278,6 +281,12 @@ def markdown(results: dict) -> str:
         dkm = _dkm_settings(rows)
         if dkm:
             text += ["### DKM settings", "", *dkm, ""]
+        notes = [f"- {LABELS.get(r['method'], r['method'])}, {r['bits']} bits, seed {r['seed']}: "
+                 f"{'; '.join(r[k] for k in ('note', 'legacy') if r.get(k))}"
+                 for r in sorted(rows, key=lambda r: (*_order(r), r["seed"]))
+                 if r.get("note") or r.get("legacy")]
+        if notes:
+            text += ["### Row notes", "", *notes, ""]
     text += ["## What each row is", "", *[f"- {note}" for note in METHOD_NOTES], "",
              "![accuracy vs size](accuracy_vs_size.png)", ""]
     return "\n".join(text)

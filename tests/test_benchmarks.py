@@ -96,10 +96,8 @@ def test_quick_coremltools_peers_are_palettized(quick):
     by_key = _rows(quick[2])
     dkm, skm = by_key[("coremltools_dkm", 2)], by_key[("coremltools_skm", 2)]
     assert 1 < dkm["unique_values_max"] <= 4 and dkm["kmeans_fallback"] == []
-    assert (dkm["epochs"], dkm["steps"], dkm["trial_epochs"]) == (1, 2, 1)  # 28 files, batch 16
-    assert [t["lr_encoder"] for t in dkm["lr_trials"]] == [5e-5, 2e-4]
-    assert dkm["lr_encoder"] == max(dkm["lr_trials"], key=lambda t: t["valid_accuracy"])[
-        "lr_encoder"]
+    assert (dkm["epochs"], dkm["steps"], dkm["trial_epochs"]) == (1, 2, 0)  # 28 files, batch 16
+    assert (dkm["lr_encoder"], dkm["lr_trials"]) == (5e-5, [])  # quick: one candidate
     assert 1 < skm["unique_values_max"] <= 4 and skm["calibration_samples"] == 8
     assert skm["kmeans_fallback"] == ["student.encoder.conv1", "student.encoder.conv2"]
 
@@ -156,6 +154,40 @@ def test_store_keeps_other_corpora_and_refuses_another_test_set(tmp_path):
         report.store_row(path, row, {"a.wav": 1, "b.wav": 1, "c.wav": 1, "e.wav": 0})
     with pytest.raises(ValueError, match="accuracy 0.75 but 1/4 correct"):
         report.store_row(path, row, {"a.wav": 1, "b.wav": 0, "c.wav": 0, "d.wav": 0})
+
+
+@pytest.mark.parametrize(("epochs", "trained"), [
+    (3, [(1, 1e-5), (1, 2e-4), (1, 5e-5), (3, 5e-5)]),  # trials of 1 epoch, then the best for 3
+    (1, [(1, 1e-5), (1, 2e-4), (1, 5e-5)]),            # the best trial is the final run
+])
+def test_dkm_learning_rate_is_chosen_on_valid(monkeypatch, tmp_path, epochs, trained):
+    import methods
+
+    calls = []
+
+    def fake(fp_run, bits, out_dir, epochs, batch_size, lr_encoder, lr_head, kmeans_iters, seed,
+             splits=("test",)):
+        calls.append((epochs, lr_encoder))
+        valid = {1e-5: 0.5, 5e-5: 0.75, 2e-4: 0.75}[lr_encoder]  # a tie: the smaller lr wins
+        result = {"train_seconds": 10.0 * epochs, "steps": 2 * epochs, "export": str(out_dir)}
+        if "valid" in splits:
+            result["valid_accuracy"] = valid
+        if "test" in splits:
+            result["accuracy"] = 0.1 * epochs + lr_encoder
+        return result
+
+    monkeypatch.setattr(methods, "dkm_palettize", fake)
+    out = tmp_path / "coremltools_dkm_4bit"
+    result = methods.dkm_with_lr_search(Path("fp"), 4, out, epochs=epochs, trial_epochs=1,
+                                        lrs=[1e-5, 2e-4, 5e-5], lr_head=1e-3, batch_size=16,
+                                        kmeans_iters=3, seed=1)
+    assert sorted(calls) == sorted(trained)
+    assert result["lr_encoder"] == 5e-5 and result["accuracy"] == pytest.approx(0.1 * epochs + 5e-5)
+    assert [(t["lr_encoder"], t["valid_accuracy"]) for t in result["lr_trials"]] == [
+        (1e-5, 0.5), (5e-5, 0.75), (2e-4, 0.75)]
+    assert result["train_seconds"] == 30.0 + (10.0 * epochs if epochs > 1 else 0.0)
+    assert result["export"] == str(out if epochs > 1 else tmp_path / "coremltools_dkm_4bit_lr5e-05")
+    assert "valid_accuracy" not in result
 
 
 def test_work_folder_of_another_configuration_is_refused(quick):
