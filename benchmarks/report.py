@@ -253,11 +253,12 @@ def _dkm_settings(rows: list[dict]) -> list[str]:
     for row in sorted((r for r in rows if r["method"] == "coremltools_dkm" and "lr_trials" in r),
                       key=lambda r: (r["bits"], r["seed"])):
         trials = ", ".join(f"{t['lr_encoder']:g}: {_pct(t['valid_accuracy'])} %"
-                           for t in row.get("lr_trials", [])) or "one candidate, no trial"
-        lines.append(f"- DKM {row['bits']} bits, seed {row['seed']}: {row.get('epochs')} epochs "
-                     f"({row.get('steps')} steps), `kmeans_max_iter` {row.get('kmeans_iters')}, "
-                     f"encoder lr {row.get('lr_encoder'):g} chosen on valid from [{trials}] "
-                     f"({row.get('trial_epochs')} epoch(s) each)")
+                           for t in row["lr_trials"])
+        choice = (f"chosen on valid from [{trials}] ({row['trial_epochs']} epoch(s) each)"
+                  if trials else "(one candidate, no trial)")
+        lines.append(f"- DKM {row['bits']} bits, seed {row['seed']}: {row['epochs']} epoch(s) "
+                     f"({row['steps']} steps), `kmeans_max_iter` {row['kmeans_iters']}, encoder "
+                     f"lr {row['lr_encoder']:g} {choice}")
     return lines
 
 

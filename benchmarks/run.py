@@ -171,6 +171,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _run_id(run: Path) -> str:
+    """A run folder and the SHA-256 of its exported model: cached rows of a retrained fp student
+    (same folder, other weights) are not re-used."""
+    config = json.loads((run / "model" / "config.json").read_text())
+    return f"{run}@{config['model_sha256'][:16]}"
+
+
 def in_child(function, **kwargs) -> dict:
     """``function(**kwargs)`` in a fresh process: a run killed (e.g. for memory) raises here."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -254,7 +261,7 @@ class Benchmark:
                     *TRAIN_ARGS[self.args.size]])}
         if method == "fp_student":
             row["reevaluated_accuracy"] = self.cached(seed, "fp_student_reevaluated", {
-                "run": str(folder)}, lambda: {"accuracy": methods.evaluate(
+                "run": _run_id(folder)}, lambda: {"accuracy": methods.evaluate(
                     methods.load_student(folder)[0], methods.run_datasets(folder)[0]["test"])
                     ["accuracy"]})["accuracy"]
         return row, scores["correct"]
@@ -284,7 +291,7 @@ class Benchmark:
         base = {**self._base(method, bits, seed, folder), "accuracy": None, "macro_f1": None,
                 "packed_mb": None, "gmacs": compute["student_gmacs_real_length"],
                 "train_seconds": None, "gmacs_30s": compute["student_gmacs_30s"]}
-        key, run = f"{method}_{bits}bit", str(folder)
+        key, run = f"{method}_{bits}bit", _run_id(folder)
         exports = self.work / "exports" / f"seed{seed}" / key
         if method in ("teacher", "student_probe"):
             settings = {"run": run, "seed": seed}
@@ -317,12 +324,12 @@ class Benchmark:
         """coremltools SKM or DKM, cached, in a child process."""
         args = self.args
         if method == "coremltools_skm":
-            settings = {"run": str(folder), "seed": seed, "samples": args.skm_samples}
+            settings = {"run": _run_id(folder), "seed": seed, "samples": args.skm_samples}
             return self.cached(seed, f"{method}_{bits}bit", settings, functools.partial(
                 in_child, methods.skm_palettize, fp_run=folder, bits=bits, out_dir=exports,
                 samples=args.skm_samples, seed=seed))
         iters = args.dkm_8bit_kmeans_iters if bits >= 8 else args.dkm_kmeans_iters
-        settings = {"run": str(folder), "seed": seed, "epochs": args.dkm_epochs,
+        settings = {"run": _run_id(folder), "seed": seed, "epochs": args.dkm_epochs,
                     "trial_epochs": args.dkm_trial_epochs, "lrs": args.dkm_lrs, "lr_head": 1e-3,
                     "batch_size": 16, "kmeans_iters": iters}
         print(f"[benchmark] coremltools DKMPalettizer, {bits} bits, seed {seed}: {settings}",
