@@ -241,8 +241,9 @@ METHOD_NOTES = [
     "trained `trial_epochs` epochs; when that is the whole budget, the best trial is the final "
     "run), head lr 1e-3. `palett_max_mem` acts only on CUDA in coremltools 9.0 (its memory hook "
     "queries the GPU), so on a CPU the memory lever is "
-    "`kmeans_max_iter` (the distance/attention maps it keeps scale with it); 8-bit rows run in a "
-    "child process, so a run killed for memory is recorded with its reason.",
+    "`kmeans_max_iter` (the distance/attention maps it keeps scale with it): 3 (coremltools' "
+    "default) below 8 bits, 1 from 8 bits up (`--dkm-8bit-kmeans-iters`). DKM and SKM rows run "
+    "in a child process, so a run killed for memory is recorded with its reason.",
     "Sequential and random-init runs have the same epoch budget as the QUADS runs.",
 ]
 
