@@ -172,8 +172,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _run_id(run: Path) -> str:
-    """A run folder and the SHA-256 of its exported model: cached rows of a retrained fp student
-    (same folder, other weights) are not re-used."""
+    """A run folder and the SHA-256 of its exported model (16 hex digits): cached rows of a
+    retrained fp student (same folder, other weights) are not re-used, and rows record the fp
+    student they were derived from (``fp_model_sha256`` = its row's ``model_sha256``)."""
     config = json.loads((run / "model" / "config.json").read_text())
     return f"{run}@{config['model_sha256'][:16]}"
 
@@ -256,7 +257,8 @@ class Benchmark:
                "macro_f1": metrics["macro_f1"], "packed_mb": run["size"]["packed_mb"],
                "gmacs": compute["student_gmacs_real_length"],
                "train_seconds": run["train_seconds"], "gmacs_30s": compute["student_gmacs_30s"],
-               "resumed": run["resumed"], "command": " ".join(
+               "resumed": run["resumed"], "model_sha256": _run_id(folder).split("@")[1],
+               "command": " ".join(
                    ["python train.py", hparams, f"--seed={seed}", *TRAINED[method],
                     *TRAIN_ARGS[self.args.size]])}
         if method == "fp_student":
@@ -290,7 +292,8 @@ class Benchmark:
         folder, compute = Path(fp["folder"]), fp["compute"]
         base = {**self._base(method, bits, seed, folder), "accuracy": None, "macro_f1": None,
                 "packed_mb": None, "gmacs": compute["student_gmacs_real_length"],
-                "train_seconds": None, "gmacs_30s": compute["student_gmacs_30s"]}
+                "train_seconds": None, "gmacs_30s": compute["student_gmacs_30s"],
+                "fp_model_sha256": _run_id(folder).split("@")[1]}
         key, run = f"{method}_{bits}bit", _run_id(folder)
         exports = self.work / "exports" / f"seed{seed}" / key
         if method in ("teacher", "student_probe"):

@@ -66,6 +66,10 @@ def test_quick_rows_cover_every_method_with_sane_values(quick):
     by_key = _rows(results)
     fp = by_key[("fp_student", 32)]
     assert fp["reevaluated_accuracy"] == pytest.approx(fp["accuracy"])  # in-process == train.py
+    for method in ("teacher", "student_probe", "kmeans_ptq", "torch_dynamic_int8",
+                   "coremltools_dkm", "coremltools_skm"):  # derived from this very fp student
+        row = next(r for r in results["rows"] if r["method"] == method)
+        assert row["fp_model_sha256"] == fp["model_sha256"]
     assert by_key[("quads_mct", 2)]["packed_mb"] < fp["packed_mb"] / 6
     for method in ("kmeans_ptq", "sequential", "quads_mct_random_init", "coremltools_dkm",
                    "coremltools_skm"):
