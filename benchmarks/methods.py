@@ -7,18 +7,18 @@ and is scored on the same test manifest as the trained runs; every score comes w
 
 - :func:`probe`: a frozen encoder (the teacher, or the pretrained student with no training) and a
   linear probe on its pooled features.
-
 - :func:`kmeans_ptq`: the QUADS codebook quantizer applied once (per-tensor k-means, the same
   ``QuantizationConfig`` defaults as training), no retraining.
 - :func:`dynamic_int8`: ``torch.ao.quantization.quantize_dynamic`` of every ``nn.Linear`` (int8
   weights, activations quantized on the fly), the method of SpeechBrain's quantization tutorial.
-- :func:`dkm_palettize`: Apple coremltools' ``DKMPalettizer`` (differentiable k-means) on the same
-  layers as QUADS (every Linear and Conv1d), fine-tuned with cross-entropy for a fixed number of
-  steps, then finalized; its palettized weights are written in the QUADS packed format, so its
-  size is measured exactly like QUADS'.
+- :func:`dkm_with_lr_search` / :func:`dkm_palettize`: Apple coremltools' ``DKMPalettizer``
+  (differentiable k-means) on the same layers as QUADS (every Linear and Conv1d), fine-tuned with
+  cross-entropy for a number of epochs at a learning rate chosen on the valid split, then
+  finalized; its palettized weights are written in the QUADS packed format, so its size is
+  measured exactly like QUADS'.
 - :func:`skm_palettize`: coremltools' ``SKMPalettizer`` (sensitive k-means: k-means weighted by
-  the Fisher information of calibration samples, no training) on the same layers, written the
-  same way.
+  the Fisher information of calibration samples, no training) on every Linear (plain k-means on
+  the two convolutions, which it does not support), written the same way.
 """
 
 from __future__ import annotations
