@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from speechbrain_quads.codebook.quantization import CodebookQuantizer, QuantizationConfig
-from speechbrain_quads.training.brains import PhaseBrain, QuantizationBrain
+from speechbrain_quads.training.brains import QuantizationBrain
+from speechbrain_quads.training.phase_brain import PhaseBrain
 from speechbrain_quads.training.schedule import PhasePlan
 
 

@@ -10,7 +10,7 @@ that ``recipes/SLURP/prepare.py`` reads unchanged.
   ``grammar.normalise(sentence)``: lines that say the same sentence, also after dropping case,
   punctuation and filler openers ("hey", "okay", "please", "olly", "alexa"...), share a split.
 - Intents with fewer than three distinct sentences cannot be in all three splits and are
-  dropped (``TextSplit.dropped_intents``).
+  dropped (``TextSplit.dropped``).
 - Training speakers are Piper voices and eSpeak NG voices of the training accents and variants;
   valid and test speakers are eSpeak NG voices of other accents and variants
   (``voices.split_pools``). A valid/test line is said by several of its split's speakers.
@@ -69,13 +69,14 @@ class TextSplit:
 
     Attributes:
         splits: ``{split: lines}`` for ``grammar.SPLITS``, each sorted by ``slurp_id``.
-        dropped_intents: ``{intent: lines}`` of intents with fewer than ``MIN_SENTENCES``
-            distinct sentences.
+        dropped: ``{intent: lines}`` of the source lines in no split: those of intents with
+            fewer than ``MIN_SENTENCES`` distinct sentences (and any line whose intent
+            training lacks, see ``split_records``).
         moved_to_test: lines moved from train to test by a cap on training lines.
     """
 
     splits: dict[str, list[dict]]
-    dropped_intents: dict[str, int]
+    dropped: dict[str, int]
     moved_to_test: int
 
 
@@ -136,10 +137,8 @@ def split_records(
         by_intent.setdefault(label, []).append(group)
     rng = random.Random(seed)
     assigned: dict[str, dict[str, list[list[dict]]]] = {split: {} for split in grammar.SPLITS}
-    dropped: dict[str, int] = {}
     for intent, found in sorted(by_intent.items()):
         if len(found) < MIN_SENTENCES:
-            dropped[intent] = sum(len(group) for group in found)
             continue
         order = rng.sample(found, len(found))
         n_valid, n_test = _shares(len(order), valid_share, test_share)
@@ -162,7 +161,9 @@ def split_records(
                              if split == "train" or intent_of(record) in trained),
                             key=lambda r: r["slurp_id"])
               for split, found in lines.items()}
-    return TextSplit(splits, dropped, len(moved))
+    used = {record["slurp_id"] for found in splits.values() for record in found}
+    dropped = Counter(intent_of(record) for record in records if record["slurp_id"] not in used)
+    return TextSplit(splits, dict(sorted(dropped.items())), len(moved))
 
 
 def _record(source: dict, files: list[str]) -> dict:
@@ -282,7 +283,7 @@ def generate_slurp_text(
         "lines": {name: len(lines) for name, lines in split.splits.items()},
         "intents": {name: len({intent_of(r) for r in lines})
                     for name, lines in split.splits.items()},
-        "dropped_intents": split.dropped_intents,
+        "dropped_lines": split.dropped,
         "moved_to_test": split.moved_to_test,
     }
     return generate.build(out_dir, plan, arguments, num_workers, overwrite, resumable=True,

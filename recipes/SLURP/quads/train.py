@@ -36,8 +36,8 @@ from speechbrain.utils.distributed import if_main_process, run_on_main  # noqa: 
 from speechbrain.utils.logger import get_logger  # noqa: E402
 
 from speechbrain_quads.data.pipeline import load_or_fit_encoder, sort_train_set  # noqa: E402
+from speechbrain_quads.deploy.report import write_test_outputs  # noqa: E402
 from speechbrain_quads.evaluation.metrics import accuracy  # noqa: E402
-from speechbrain_quads.evaluation.report import write_test_outputs  # noqa: E402
 
 logger = get_logger(__name__)
 
