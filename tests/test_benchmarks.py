@@ -214,15 +214,20 @@ def test_methods_option_is_checked():
 
 
 def test_latency_tiny(tmp_path):
-    out = tmp_path / "latency.json"
-    _run("benchmarks/latency.py", "--seconds", "1", "--repeats", "1", "--json", str(out),
-         timeout=300)
+    out, md = tmp_path / "latency.json", tmp_path / "latency.md"
+    _run("benchmarks/latency.py", "--seconds", "1", "--repeats", "1", "--threads", "2",
+         "--json", str(out), "--markdown", str(md), timeout=300)
     data = json.loads(out.read_text())
-    assert data["threads"] == 2 and data["batch"] == 1 and data["quads_bits"] == 4
+    assert data["threads"] == [2] and data["batch"] == 1 and data["quads_bits"] == 4
+    models = ("quads", "fp_student", "teacher", "dynamic_int8", "ort_fp32", "ort_quads",
+              "ort_quads_int8")
     cells = {(r["model"], r["mode"]) for r in data["results"]}
-    assert cells == {(m, mode) for m in ("quads", "fp_student", "teacher", "dynamic_int8")
-                     for mode in ("variable", "pad_30s")}
-    assert all(r["latency_ms"] > 0 and r["seconds"] == 1.0 for r in data["results"])
+    assert cells == {(m, mode) for m in models for mode in ("variable", "pad_30s")}
+    assert all(r["latency_ms"] > 0 and r["seconds"] == 1.0 and r["threads"] == 2
+               for r in data["results"])
     for ratio in data["ratios"]:
         assert all(value > 0 for key, value in ratio.items() if key.endswith(("quads", "int8")))
     assert data["quads_file_mb"] < data["student_params"] * 4 / 2**20 / 5
+    assert data["ort_quads_file_mb"] <= 1.15 * data["quads_file_mb"]
+    assert data["int8_vs_float"]["clips"] == 24 and data["int8_vs_float"]["float_accuracy"] >= 0.9
+    assert "| 1 | variable | 2 |" in md.read_text()
