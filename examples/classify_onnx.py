@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from speechbrain_quads.deploy.onnx_runtime import OnnxAudioError, OnnxIntentClassifier, OnnxModelError
+from speechbrain_quads.deploy.errors import AudioFileError
+from speechbrain_quads.deploy.onnx_runtime import OnnxIntentClassifier, OnnxModelError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.files:
         try:
             label, probability, _ = classifier.classify_file(path)
-        except OnnxAudioError as error:
+        except AudioFileError as error:
             print(f"{path}\tERROR\t{error.reason}", file=sys.stderr, flush=True)
             status = 1
             continue

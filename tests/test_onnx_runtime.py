@@ -14,9 +14,10 @@ from onnx import TensorProto, helper
 from speech import synthesize_clips
 from test_onnx_export import LABELS, prototype_model, write_export
 
+from speechbrain_quads.deploy.errors import AudioFileError
 from speechbrain_quads.deploy.inference import QuadsIntentClassifier
 from speechbrain_quads.deploy.onnx_export import export_onnx
-from speechbrain_quads.deploy.onnx_runtime import OnnxAudioError, OnnxIntentClassifier, OnnxModelError
+from speechbrain_quads.deploy.onnx_runtime import OnnxIntentClassifier, OnnxModelError
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK_TORCH = """
@@ -131,13 +132,13 @@ def test_bad_audio_is_refused_by_name(model_4bit, clips, tmp_path):
     for name, (samples, rate, message) in cases.items():
         path = tmp_path / name
         soundfile.write(path, samples, rate, subtype="FLOAT")
-        with pytest.raises(OnnxAudioError, match=rf"{path}: {message}"):
+        with pytest.raises(AudioFileError, match=rf"{path}: {message}"):
             classifier.classify_file(path)
     text = tmp_path / "notes.wav"
     text.write_text("not audio")
-    with pytest.raises(OnnxAudioError, match=rf"{text}: cannot read audio"):
+    with pytest.raises(AudioFileError, match=rf"{text}: cannot read audio"):
         classifier.classify_file(text)
-    with pytest.raises(OnnxAudioError, match=r"missing.wav: no such file"):
+    with pytest.raises(AudioFileError, match=r"missing.wav: no such file"):
         classifier.classify_file(tmp_path / "missing.wav")
     stereo = tmp_path / "stereo.wav"
     soundfile.write(stereo, np.stack([wave, wave], axis=1), 16000, subtype="FLOAT")

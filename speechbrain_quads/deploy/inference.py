@@ -33,6 +33,7 @@ from speechbrain.utils.fetching import FetchConfig, FetchSource, LocalStrategy, 
 from speechbrain.utils.run_opts import RunOptions
 from torch import nn
 
+from speechbrain_quads.deploy.errors import AudioFileError
 from speechbrain_quads.deploy.export import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -47,20 +48,6 @@ from speechbrain_quads.models.whisper import WhisperStudent
 Classification = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]
 """``(out_prob (B, K) log-posteriors, score (B,) best log-posterior, index (B,) int64, text_lab)``,
 as ``speechbrain.inference.classifiers.EncoderClassifier.classify_batch`` returns."""
-
-
-class AudioFileError(ValueError):
-    """An audio file that cannot be classified.
-
-    Attributes:
-        path: the file, as given.
-        reason: what is wrong with it.
-    """
-
-    def __init__(self, path: str | Path, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
 
 
 def _check_source(source: str | FetchSource) -> None:

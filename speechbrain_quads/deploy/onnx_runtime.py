@@ -27,6 +27,8 @@ import numpy as np
 import onnxruntime as ort
 import soundfile
 
+from speechbrain_quads.deploy.errors import AudioFileError
+
 ONNX_FORMAT = "speechbrain-quads-onnx"
 READABLE_VERSIONS = ("1",)
 COMPUTE = ("float", "int8")
@@ -34,20 +36,6 @@ COMPUTE = ("float", "int8")
 
 class OnnxModelError(ValueError):
     """A file that is not a loadable ONNX QUADS classifier; the message names it."""
-
-
-class OnnxAudioError(ValueError):
-    """An audio file that cannot be classified.
-
-    Attributes:
-        path: the file, as given.
-        reason: what is wrong with it.
-    """
-
-    def __init__(self, path: str | Path, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
 
 
 def session_options(threads: int | None = None,
@@ -165,38 +153,38 @@ class OnnxIntentClassifier:
         return self.session.run(["logits"], {"waveform": np.ascontiguousarray(wave)})[0]
 
     def _check_length(self, samples: int, name: str | Path) -> None:
-        """OnnxAudioError naming ``name`` unless ``samples`` is within the model's limits."""
+        """AudioFileError naming ``name`` unless ``samples`` is within the model's limits."""
         rate = self.sampling_rate
         if samples == 0:
-            raise OnnxAudioError(name, "no audio samples (empty recording)")
+            raise AudioFileError(name, "no audio samples (empty recording)")
         if samples < self.min_samples:
-            raise OnnxAudioError(name, f"{samples / rate * 1000:.1f} ms of audio; at least "
+            raise AudioFileError(name, f"{samples / rate * 1000:.1f} ms of audio; at least "
                                        f"{self.min_samples / rate * 1000:.0f} ms is needed")
         if self.max_samples and samples > self.max_samples:
-            raise OnnxAudioError(name, f"{samples / rate:.2f} s of audio; this model takes at most "
+            raise AudioFileError(name, f"{samples / rate:.2f} s of audio; this model takes at most "
                                        f"{self.max_samples / rate:.2f} s: split longer audio")
 
     def read_audio(self, path: str | Path) -> np.ndarray:
         """A 16-kHz audio file -> mono (T,) float32 waveform (channels averaged).
 
         Raises:
-            OnnxAudioError: the file is missing, unreadable, at another sample rate, empty, too
+            AudioFileError: the file is missing, unreadable, at another sample rate, empty, too
                 short or too long, or holds NaN/infinite samples.
         """
         if not Path(path).is_file():
-            raise OnnxAudioError(path, "no such file" if not Path(path).exists() else "not a file")
+            raise AudioFileError(path, "no such file" if not Path(path).exists() else "not a file")
         try:
             wave, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
         except (OSError, RuntimeError, ValueError) as error:  # LibsndfileError is a RuntimeError
-            raise OnnxAudioError(path, f"cannot read audio ({error})") from None
+            raise AudioFileError(path, f"cannot read audio ({error})") from None
         if rate != self.sampling_rate:
-            raise OnnxAudioError(path, f"sample rate {rate} Hz; this model takes "
+            raise AudioFileError(path, f"sample rate {rate} Hz; this model takes "
                                        f"{self.sampling_rate} Hz audio (resample it first, e.g. "
                                        f"`sox IN -r {self.sampling_rate} OUT.wav`)")
         wave = wave.mean(axis=1, dtype=np.float32)
         self._check_length(wave.shape[0], path)
         if not np.isfinite(wave).all():
-            raise OnnxAudioError(path, "contains NaN or infinite samples")
+            raise AudioFileError(path, "contains NaN or infinite samples")
         return wave
 
     def classify(self, waveform: np.ndarray) -> tuple[str, float, np.ndarray]:
