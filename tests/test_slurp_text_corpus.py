@@ -100,7 +100,7 @@ def test_normalise_drops_case_punctuation_and_fillers():
 def test_split_keeps_sentences_apart_and_is_stratified(source):
     records = slurp_text.read_records(source)
     split = slurp_text.split_records(records, valid_share=0.2, test_share=0.3, seed=3)
-    assert split.dropped_intents == EXPECTED_DROPPED
+    assert split.dropped == EXPECTED_DROPPED
     keys = {name: {grammar.normalise(r["sentence"]) for r in lines}
             for name, lines in split.splits.items()}
     assert not keys["train"] & keys["valid"]
@@ -146,7 +146,7 @@ def test_corpus_is_read_by_slurp_prepare_unchanged(corpus, tmp_path):
             for name in ("train", "devel", "test")}
     manifest = json.loads((corpus / generate.MANIFEST).read_text())
     split = manifest["text_split"]
-    assert split["dropped_intents"] == EXPECTED_DROPPED
+    assert split["dropped_lines"] == EXPECTED_DROPPED
     assert len(rows["test"]) == split["lines"]["test"] * ARGS["test_recordings"]
     assert len(rows["devel"]) == split["lines"]["valid"] * ARGS["valid_recordings"]
     assert len(rows["train"]) == split["lines"]["train"]
