@@ -18,6 +18,7 @@ that ``recipes/SLURP/prepare.py`` reads unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections import Counter
@@ -269,8 +270,8 @@ def generate_slurp_text(
 
     Resumable: the corpus is built in ``.OUT_DIR.partial`` next to ``out_dir``, renamed when
     complete; a run that stops leaves it, and the next run with the same arguments keeps the
-    audio files already written. The manifest also records the split (lines, intents, dropped
-    intents).
+    audio files already written (same arguments and same source content, by its SHA-256). The
+    manifest also records the split (lines, intents, dropped lines).
 
     Returns:
         ``out_dir`` as a Path.
@@ -279,6 +280,7 @@ def generate_slurp_text(
                  if key not in ("out_dir", "num_workers", "overwrite")}
     arguments["source"] = str(Path(source).resolve())
     plan, split = plan_slurp_text(**arguments)
+    arguments["source_sha256"] = hashlib.sha256(Path(source).read_bytes()).hexdigest()
     summary = {
         "lines": {name: len(lines) for name, lines in split.splits.items()},
         "intents": {name: len({intent_of(r) for r in lines})
