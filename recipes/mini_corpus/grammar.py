@@ -9,6 +9,9 @@ FSC-format: (action, object, location) slot triples, each with several paraphras
 All sentences are lowercase words without punctuation or digits (as in SLURP). The phrases were
 written for this project; none come from SLURP or Fluent Speech Commands. Every sampler is
 deterministic for a seed.
+
+Splits are kept apart: templates are held out per split (``split_templates``, ``fsc_commands``)
+and sentences are compared by ``normalise`` (case, punctuation and filler openers ignored).
 """
 
 from __future__ import annotations

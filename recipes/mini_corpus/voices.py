@@ -464,14 +464,14 @@ def speaker_pool(n: int, seed: int = 0, piper_share: float = 0.5) -> list[Voice]
     if not 0.0 <= piper_share <= 1.0:
         raise ValueError(f"speaker_pool: piper_share must be in [0, 1], got {piper_share}")
     rng = random.Random(seed)
-    espeak_voices_ = espeak_voices("train")
-    rng.shuffle(espeak_voices_)
-    n_piper = max(round(n * piper_share), n - len(espeak_voices_))
+    names = espeak_voices("train")
+    rng.shuffle(names)
+    n_piper = max(round(n * piper_share), n - len(names))
     speakers: list[Voice] = []
     if n_piper:
         speakers.append(PiperSpeaker(name="piper00joe"))
     speakers += [_pseudo_speaker(rng, index) for index in range(1, n_piper)]
-    speakers += [_espeak_speaker(rng, voice) for voice in espeak_voices_[: n - n_piper]]
+    speakers += [_espeak_speaker(rng, voice) for voice in names[: n - n_piper]]
     order = list(range(n))
     rng.shuffle(order)
     return [speakers[index] for index in order]
