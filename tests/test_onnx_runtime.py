@@ -1,6 +1,7 @@
 """The torch-free ONNX runtime and example app: classification without torch importable, and a
 clear error naming the file for a foreign, truncated or non-ONNX model and for bad audio."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -160,3 +161,29 @@ def test_exporter_refuses_bad_model_folders(model_4bit, tmp_path):
     assert not (tmp_path / "out.onnx").exists()
     with pytest.raises(FileNotFoundError, match=rf"{tmp_path / 'nothing'}: not an export folder"):
         export_onnx(tmp_path / "nothing", tmp_path / "out.onnx")
+
+
+def test_onnx_accuracy_benchmark_scores_every_path_on_a_recipe_test_csv(model_4bit, wav_files,
+                                                                        tmp_path):
+    """``benchmarks/onnx_accuracy.py`` on a test CSV in the SLURP recipe's format."""
+    folder, _ = model_4bit
+    table = tmp_path / "test-type=direct.csv"
+    rows = [(0, "lights", "on"), (1, "weather", "query"), (3, "alarm", "set")]  # LABELS 0, 1, 3
+    lines = ["ID,duration,wav,semantics,transcript"]
+    for index, scenario, action in rows:
+        semantics = str({"scenario": scenario, "action": action, "entities": []}).replace(",", "|")
+        lines.append(f'u{index},1.0,{wav_files[index]},"{semantics}",{SENTENCES[index]}')
+    table.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "onnx_accuracy.json"
+    result = subprocess.run([sys.executable, "benchmarks/onnx_accuracy.py", str(folder),
+                             str(table), "--json", str(out)], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["recordings"] == 3 and data["bits"] == 4
+    accuracy = {name: values["accuracy"] for name, values in data["paths"].items()}
+    assert accuracy["torch"] == accuracy["onnx_float"] == 1.0  # clip i is prototype i
+    assert data["label_agreement_with_torch"]["onnx_float"] == 1.0
+    assert {c["a"] for c in data["comparisons"]} == {"onnx_float", "onnx_int8"}
+    assert all(0.0 <= c["p_value"] <= 1.0 for c in data["comparisons"])
+    assert "onnx_int8" in result.stdout
