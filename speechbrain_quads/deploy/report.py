@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,3 +64,13 @@ def write_test_outputs(brain, hparams: dict, labels: list[str], test_rows: dict[
     _write_text(output / "test_metrics.json", json.dumps(metrics, indent=1) + "\n")
     _write_text(output / "summary.json", json.dumps(summary, indent=1) + "\n")
     return metrics
+
+
+def copy_beside_the_script(source: str | Path, output_folder: str | Path) -> None:
+    """Copy ``source`` (e.g. the recipe's ``prepare.py``, followed through its link) into
+    ``output_folder``, next to the ``train.py`` SpeechBrain copied there, so the folder re-runs
+    alone; nothing to do when it already is that file (a re-run from a copy of the folder)."""
+    source = Path(source).resolve()
+    target = Path(output_folder) / source.name
+    if not target.exists() or not target.samefile(source):
+        shutil.copyfile(source, target)

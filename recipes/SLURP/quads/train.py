@@ -22,7 +22,6 @@ Authors
 
 import ast
 import logging
-import shutil
 import sys
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from speechbrain.utils.distributed import if_main_process, run_on_main  # noqa: 
 from speechbrain.utils.logger import get_logger  # noqa: E402
 
 from speechbrain_quads.data.pipeline import load_or_fit_encoder, sort_train_set  # noqa: E402
-from speechbrain_quads.deploy.report import write_test_outputs  # noqa: E402
+from speechbrain_quads.deploy.report import copy_beside_the_script, write_test_outputs  # noqa: E402
 from speechbrain_quads.evaluation.metrics import accuracy  # noqa: E402
 
 logger = get_logger(__name__)
@@ -93,14 +92,6 @@ def scenario_action_accuracy(predicted: list[str], truth: list[str]) -> dict:
             "action_accuracy": accuracy(parts(predicted, 2), parts(truth, 2))}
 
 
-def keep_prepare_beside_the_script(output_folder: str) -> None:
-    """Copy prepare.py next to the train.py SpeechBrain copied, so the folder re-runs alone."""
-    source = Path(__file__).resolve().with_name("prepare.py")
-    target = Path(output_folder) / "prepare.py"
-    if not target.exists() or not target.samefile(source):
-        shutil.copyfile(source, target)
-
-
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
@@ -108,7 +99,8 @@ if __name__ == "__main__":
         hparams = load_hyperpyyaml(fin, overrides)
     sb.create_experiment_directory(experiment_directory=hparams["output_folder"],
                                    hyperparams_to_save=hparams_file, overrides=overrides)
-    run_on_main(keep_prepare_beside_the_script, args=[hparams["output_folder"]])
+    run_on_main(copy_beside_the_script,  # prepare.py too, so the output folder re-runs alone
+                args=[Path(__file__).with_name("prepare.py"), hparams["output_folder"]])
 
     from prepare import prepare_SLURP  # noqa: E402
 
