@@ -14,9 +14,13 @@ Comparisons are recomputed from those files, never from the table.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 from speechbrain_quads.evaluation.stats import clopper_pearson, compare
@@ -74,6 +78,30 @@ def write_atomic(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (through ``.<name>.lock`` beside it) while reading,
+    changing and writing it, so two benchmark processes run side by side never lose a row."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def corpus_sha256(folder: Path) -> str:
+    """SHA-256 (16 hex digits) of every file under a corpus folder (relative paths and bytes):
+    two generations of one corpus (same sentences, other synthesizer noise) differ here, and
+    rows of different generations are never paired."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def load(path: Path) -> dict:
     """results.json's content (an empty store when the file does not exist)."""
     if not path.is_file():
@@ -96,10 +124,11 @@ def store_row(path: Path, row: dict, correct: dict[str, int] | None) -> dict:
             raise ValueError(f"{row_key(row)}: accuracy {row['accuracy']} but {right}/{n} correct")
         row.update(n_test=n, ci95=list(clopper_pearson(right, n)),
                    predictions=write_predictions(path.parent, row, correct))
-    results = load(path)
-    results["rows"] = [r for r in results["rows"] if _identity(r) != _identity(row)] + [row]
-    results["comparisons"] = comparisons(results, path.parent)
-    write_atomic(path, json.dumps(results, indent=1) + "\n")
+    with locked(path):
+        results = load(path)
+        results["rows"] = [r for r in results["rows"] if _identity(r) != _identity(row)] + [row]
+        results["comparisons"] = comparisons(results, path.parent)
+        write_atomic(path, json.dumps(results, indent=1) + "\n")
     return row
 
 
@@ -137,7 +166,8 @@ def read_predictions(folder: Path, row: dict) -> dict[str, int] | None:
 
 
 def comparisons(results: dict, folder: Path) -> list[dict]:
-    """Every :data:`COMPARISONS` pair whose two rows (same corpus and seed) have predictions."""
+    """Every :data:`COMPARISONS` pair whose two rows (same corpus, seed and corpus generation:
+    ``corpus_sha256`` equal where both rows have it) have predictions."""
     out = []
     pairs = {(r["corpus"], r["seed"]) for r in results["rows"]}
     for corpus, seed in sorted(pairs):
@@ -145,11 +175,17 @@ def comparisons(results: dict, folder: Path) -> list[dict]:
             rows = [find(results, corpus, m, int(bits), seed)
                     for m, bits in (a.split(":"), b.split(":"))]
             correct = [read_predictions(folder, r) if r else None for r in rows]
-            if None in correct:
+            if None in correct or not same_generation(*rows):
                 continue
             result = compare(*correct).as_dict()
             out.append({"corpus": corpus, "seed": seed, "a": a, "b": b, **result})
     return out
+
+
+def same_generation(a: dict, b: dict) -> bool:
+    """Both rows were measured on the same corpus files (or one predates ``corpus_sha256``)."""
+    return None in (a.get("corpus_sha256"), b.get("corpus_sha256")) or (
+        a["corpus_sha256"] == b["corpus_sha256"])
 
 
 # ---------------------------------------------------------------------- rendering

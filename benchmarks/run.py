@@ -16,12 +16,15 @@ Same data, same student (Whisper tiny.en), same teacher (Whisper base) for every
 - ``kmeans_ptq``, ``torch_dynamic_int8``, ``coremltools_skm``, ``coremltools_dkm``: applied to the
   fp student (``benchmarks/methods.py``).
 
-Every finished row is merged into ``--output``/results.json at once (atomic write; rows of other
-methods, seeds and corpora are kept), with its per-recording correctness in
-``predictions/<corpus>/``, and results.md and the plot are re-rendered (``report.py``). A row
-already in results.json is skipped (``--redo`` measures it again), and the runs in ``--work``
-(train.py resumes from its last checkpoint) and its cached in-process rows are re-used, so the
-table can be built over several sittings. ``--quick`` is CI-sized (mini corpus of 4 intents, one
+Every finished row is merged into ``--output``/results.json at once (atomic write under a lock:
+two invocations with other ``--methods`` or ``--seeds`` may run side by side, one thread each
+with ``OMP_NUM_THREADS=1``; rows of other methods, seeds and corpora are kept). A row records the
+SHA-256 of the corpus files (``corpus_sha256``; rows of two generations of a corpus are never
+paired) and names its per-recording correctness in ``predictions/<corpus>/``; results.md and
+the plot are re-rendered (``report.py``). A row already in results.json is skipped (``--redo``
+measures it again), and the runs in ``--work`` (train.py resumes from its last checkpoint) and
+its cached in-process rows are re-used, so the table can be built over several sittings.
+``--quick`` is CI-sized (mini corpus of 4 intents, one
 MCT round, 2 bits) and writes into ``--work``/report unless ``--output`` is given.
 """
 
@@ -198,6 +201,7 @@ class Benchmark:
         self._check_config()
         self.corpus = (args.corpus_dir.resolve() if args.corpus_dir else demo.make_corpus(
             self.work / "corpus", SimpleNamespace(seed=CORPUS_SEED, **MINI[args.size])))
+        self.corpus_sha256 = report.corpus_sha256(self.corpus)
         self.fresh: set[int] = set()  # seeds whose fp student was trained in this invocation
         self.measured: list[str] = []
 
@@ -272,7 +276,8 @@ class Benchmark:
         """Row keys every row starts with (``ci95`` and ``n_test`` are set when stored)."""
         labels = json.loads((run / "model" / "config.json").read_text())["labels"]
         return {"method": method, "bits": bits, "seed": seed, "corpus": self.args.label,
-                "n_test": None, "n_intents": len(labels), "ci95": None}
+                "n_test": None, "n_intents": len(labels), "ci95": None,
+                "corpus_sha256": self.corpus_sha256}
 
     # ------------------------------------------------------------------ cached in-process rows
     def cached(self, seed: int, key: str, settings: dict, compute) -> dict:
@@ -441,13 +446,15 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.time()
     bench = Benchmark(args)
     bench.run()
-    results = report.load(bench.results)
-    results["corpora"][args.label] = bench.corpus_info()
-    results["invocations"].append({
-        "corpus": args.label, "command": "python benchmarks/run.py " + shlex.join(argv),
-        "machine": machine(), "minutes": (time.time() - start) / 60,
-        "date": datetime.date.today().isoformat(), "rows": bench.measured})
-    report.write_atomic(bench.results, json.dumps(results, indent=1) + "\n")
+    with report.locked(bench.results):
+        results = report.load(bench.results)
+        results["corpora"][args.label] = {**bench.corpus_info(),
+                                          "corpus_sha256": bench.corpus_sha256}
+        results["invocations"].append({
+            "corpus": args.label, "command": "python benchmarks/run.py " + shlex.join(argv),
+            "machine": machine(), "minutes": (time.time() - start) / 60,
+            "date": datetime.date.today().isoformat(), "rows": bench.measured})
+        report.write_atomic(bench.results, json.dumps(results, indent=1) + "\n")
     report.render(bench.results)
     print((args.output / "results.md").read_text(), flush=True)
     return results

@@ -161,6 +161,52 @@ def test_store_keeps_other_corpora_and_refuses_another_test_set(tmp_path):
         report.store_row(path, row, {"a.wav": 1, "b.wav": 0, "c.wav": 0, "d.wav": 0})
 
 
+def _store_rows(path: str, seed: int, count: int, start) -> None:
+    """Store ``count`` rows of one seed (run in another process, once ``start`` lets it)."""
+    start.wait()
+    for bits in range(1, count + 1):
+        row = {"method": "kmeans_ptq", "bits": bits, "seed": seed, "corpus": "mini",
+               "n_test": None, "n_intents": 2, "accuracy": 0.5, "ci95": None}
+        report.store_row(Path(path), row, {"a.wav": 1, "b.wav": 0})
+
+
+def test_two_processes_storing_at_once_lose_no_row(tmp_path):
+    import multiprocessing
+
+    path = tmp_path / "results.json"
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(2)
+    workers = [context.Process(target=_store_rows, args=(str(path), seed, 40, start))
+               for seed in (1, 2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+        assert worker.exitcode == 0
+    rows = report.load(path)["rows"]
+    assert sorted((r["seed"], r["bits"]) for r in rows) == [
+        (seed, bits) for seed in (1, 2) for bits in range(1, 41)]
+
+
+def test_rows_of_two_corpus_generations_are_not_paired(tmp_path):
+    corpus = tmp_path / "corpus"
+    (corpus / "audio").mkdir(parents=True)
+    (corpus / "audio" / "a.flac").write_bytes(b"first take")
+    first = report.corpus_sha256(corpus)
+    (corpus / "audio" / "a.flac").write_bytes(b"second take")
+    assert report.corpus_sha256(corpus) != first
+    path = tmp_path / "results.json"
+    row = {"method": "fp_student", "bits": 32, "seed": 1, "corpus": "c", "n_test": None,
+           "n_intents": 2, "accuracy": 0.5, "ci95": None, "corpus_sha256": first}
+    report.store_row(path, row, {"a": 1, "b": 0})
+    report.store_row(path, {**row, "method": "quads_mct", "bits": 4}, {"a": 0, "b": 1})
+    assert [(c["a"], c["b"]) for c in report.load(path)["comparisons"]] == [
+        ("fp_student:32", "quads_mct:4")]
+    report.store_row(path, {**row, "method": "quads_mct", "bits": 4,
+                            "corpus_sha256": report.corpus_sha256(corpus)}, {"a": 0, "b": 1})
+    assert report.load(path)["comparisons"] == []
+
+
 @pytest.mark.parametrize(("epochs", "trained"), [
     (3, [(1, 1e-5), (1, 2e-4), (1, 5e-5), (3, 5e-5)]),  # trials of 1 epoch, then the best for 3
     (1, [(1, 1e-5), (1, 2e-4), (1, 5e-5)]),            # the best trial is the final run
