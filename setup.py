@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "soundfile==0.14.0",
     "safetensors>=0.6",
     "numpy>=1.26",
+    "ckwrap==1.2.3",  # exact weighted 1-D k-means (Ckmeans.1d.dp, LGPL-3.0; imported, not copied)
     "tqdm>=4.66",
 ]
 
@@ -45,6 +46,7 @@ EXTRAS_REQUIRE = {
         "ruff>=0.6",
         "ctranslate2>=4.5",
         "onnx==1.23.*",  # tests/test_onnx_*.py (onnxruntime comes with the demo extra)
+        "kmeans1d==0.5.0",  # an independent exact 1-D k-means: the oracle of the k-means tests
     ],
 }
 

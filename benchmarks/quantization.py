@@ -1,12 +1,22 @@
 """Benchmark of the codebook quantization engine on the Whisper tiny.en encoder.
 
-Measures, per bit width: the time to cluster every quantized tensor, the packed file size
+Measures, per bit width: the time to cluster every quantized tensor, how far that clustering is
+from the exact 1-D k-means optimum (``kmeans_sse_ratio``: the worst tensor's squared error over
+the optimum's, for the default ``optimal`` initialisation and for the former default
+``linear``), the packed file size
 against the exact bit arithmetic and the paper's convention, and the export -> load round trip
 (max abs difference of the encoder outputs on a 30-s input). Also the cost of training with the
 codebook in the loop (step time, mode ``train`` vs ``off``, batch 4 x 3 s) and the speed of the
 candidate centroid-gradient reductions.
 
     python benchmarks/quantization.py --json quantization.json [--bits 1 2 4 8 16] [--repeats 5]
+
+The optimum is Ckmeans.1d.dp's exact dynamic programme (``ckwrap``) on each tensor's distinct
+values weighted by their counts (lossless: equal values share a cluster in an optimal 1-D
+solution); ``tests/test_kmeans_optimum.py`` checks the engine against another exact solver
+(``kmeans1d``). Widths up to ``--oracle-max-bits`` (default 8) are compared, and 1 to 4 bits
+again on weights moved off the float16 grid (``kmeans_sse_ratio_drifted``), as training leaves
+them.
 
 tiny.en's weights are float16 values, so at 16 bits every tensor has at most 2**16 distinct
 values and its codebook holds them exactly (no clustering); ``cluster_seconds_drifted`` times
@@ -28,10 +38,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import ckwrap
+import numpy as np
 import torch
 from transformers import WhisperConfig, WhisperModel
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from speechbrain_quads.codebook.kmeans import kmeans_1d
 from speechbrain_quads.codebook.packing import export_packed, load_packed_into
 from speechbrain_quads.codebook.quantization import CodebookQuantizer, QuantizationConfig
 
@@ -100,6 +113,38 @@ def bit_width_figures(encoder: WhisperEncoder, bits: int, workdir: Path) -> dict
         "roundtrip_max_abs_diff": (quantized_out - loaded_out).abs().max().item(),
         "quantized_tensors": len(quantizer.quantized_names),
     }
+
+
+def exact_sse(values: np.ndarray, k: int) -> float:
+    """Squared error of the exact 1-D k-means optimum of ``values`` (float64, any order)."""
+    distinct, counts = np.unique(values, return_counts=True)
+    if distinct.size <= k:
+        return 0.0
+    fit = ckwrap.ckmeans(distinct, k, weights=counts.astype(np.float64))
+    centers, labels = np.asarray(fit.centers), np.asarray(fit.labels)
+    return float((counts * np.square(distinct - centers[labels])).sum())
+
+
+def sse_ratios(encoder: WhisperEncoder, bits: int, init: str, drift: float = 0.0) -> dict:
+    """Worst-tensor ratio of ``kmeans_1d``'s squared error (``init``, the engine's 30 Lloyd
+    iterations) to the exact optimum, over the quantized tensors; ``drift`` adds
+    ``drift * std * N(0, 1)`` to each weight first. Returns ``{"ratio", "tensor"}``."""
+    worst = {"ratio": 1.0, "tensor": None}
+    generator = np.random.default_rng(0)
+    for name, module in encoder.named_modules():
+        if type(module).__name__ not in TYPES:
+            continue
+        values = module.weight.detach().double().flatten().numpy()
+        if drift:
+            values = values + generator.standard_normal(values.size) * drift * values.std()
+        optimum = exact_sse(values, 2**bits)
+        centroids, indices = kmeans_1d(torch.from_numpy(values).float().unsqueeze(0), 2**bits,
+                                       init=init, iters=QuantizationConfig.kmeans_iters)
+        error = float(np.square(values - centroids[0].double().numpy()[indices[0].numpy()]).sum())
+        ratio = error / optimum if optimum > 0 else (1.0 if error == 0 else float("inf"))
+        if ratio > worst["ratio"]:
+            worst = {"ratio": ratio, "tensor": name}
+    return worst
 
 
 def drifted_cluster_seconds(encoder: WhisperEncoder, bits: int) -> dict[str, float]:
@@ -209,6 +254,9 @@ def targets_met(result: dict) -> dict[str, bool]:
         "step_time_ratio_le_1.3": result["step_time_ratio"] <= 1.3,
         "cluster_under_5s": all(v < 5.0 for v in result["cluster_seconds"].values())
         and result["cluster_seconds_drifted"]["seconds"] < 5.0,
+        "kmeans_sse_ratio_le_1.01": all(
+            worst["ratio"] <= 1.01 for worst in [*result["kmeans_sse_ratio"]["optimal"].values(),
+                                                 *result["kmeans_sse_ratio_drifted"].values()]),
     }
 
 
@@ -242,6 +290,11 @@ def print_table(result: dict) -> None:
             f"plain {steps['plain']:.3f} s, off {steps['off']:.3f} s, "
             f"train {steps['train']:.3f} s -> train/off {steps['train'] / steps['off']:.3f}"
         )
+    for init, ratios in result["kmeans_sse_ratio"].items():
+        print(f"k-means squared error / exact optimum, worst tensor, init {init}: " + ", ".join(
+            f"{b} bits {w['ratio']:.4f}" for b, w in ratios.items()))
+    print("same, optimal, weights off the float16 grid: " + ", ".join(
+        f"{b} bits {w['ratio']:.4f}" for b, w in result["kmeans_sse_ratio_drifted"].items()))
     print(f"load average before/after: {result['load_average']}")
     print(f"targets met: {result['targets_met']}")
     reductions = ", ".join(
@@ -260,6 +313,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--step-bits", type=int, default=4, help="bit width of the step timing")
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats (median)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--oracle-max-bits", type=int, default=8,
+                        help="widths up to this are compared with the exact optimum")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -291,6 +346,12 @@ def main(argv: list[str] | None = None) -> dict:
         "step_time_ratio": steps["median"]["train"] / steps["median"]["off"],
         "step_time_ratio_min": steps["min"]["train"] / steps["min"]["off"],
         "centroid_grad_seconds": reduction_times(encoder, args.step_bits, args.repeats),
+        "kmeans_sse_ratio": {
+            init: {str(b): sse_ratios(encoder, b, init) for b in args.bits
+                   if b <= args.oracle_max_bits}
+            for init in ("optimal", "linear")},
+        "kmeans_sse_ratio_drifted": {
+            str(b): sse_ratios(encoder, b, "optimal", drift=1e-3) for b in (1, 2, 3, 4)},
         "load_average": [load_before, os.getloadavg()[0]],
     }
     result["targets_met"] = targets_met(result)
