@@ -174,7 +174,7 @@ def test_reclustering_moves_the_codebook_and_recluster_false_keeps_it(warm_start
             latent.mul_(3.0)
         quantizer.cluster()
         moved = not torch.equal(codebook.centroids, before)
-        assert moved is recluster
+        assert moved is recluster and config.recluster == ("refit" if recluster else "never")
         assert quantizer.mode == ("train" if recluster else "frozen")
         if recluster and not warm_start:  # a cold k-means is scale-equivariant
             torch.testing.assert_close(codebook.centroids, before * 3.0, rtol=1e-4, atol=1e-6)
@@ -182,6 +182,29 @@ def test_reclustering_moves_the_codebook_and_recluster_false_keeps_it(warm_start
             error = (latent - codebook.quantized()).square().mean()
             stale = (latent - (before.flatten()[codebook.flat_indices()]).reshape(latent.shape))
             assert error < 0.1 * stale.square().mean()
+
+
+def test_reassign_keeps_trained_centroids_and_follows_the_latent_weights():
+    """``recluster: reassign``: a centroid moved by training stays where training put it, and
+    each latent weight moved by distillation goes to its nearest (trained) centroid."""
+    model = make_model()
+    quantizer = quantize_(model, QuantizationConfig(bits=2, recluster="reassign"))
+    codebook = quantizer.modules["fc1"][1]
+    with torch.no_grad():
+        codebook.centroids.add_(torch.tensor([[0.01, -0.02, 0.03, 0.0]]))  # "trained" shifts
+        trained = codebook.centroids.detach().clone()
+        latent = model.fc1.parametrizations["weight"].original
+        latent.add_(0.05 * torch.randn(latent.shape, generator=torch.Generator().manual_seed(4)))
+    quantizer.set_mode("off")
+    quantizer.cluster()
+    assert torch.equal(codebook.centroids, torch.sort(trained, dim=1).values)
+    nearest = (latent.detach().reshape(-1, 1) - trained.reshape(1, -1)).abs().argmin(dim=1)
+    assert torch.equal(codebook.quantized().flatten(), trained.flatten()[nearest])
+    assert quantizer.mode == "train"
+    refit = quantize_(make_model(), QuantizationConfig(bits=2, recluster=True))
+    assert refit.config.recluster == "refit"
+    with pytest.raises(ValueError, match="recluster: 'sometimes' is not one of"):
+        QuantizationConfig(recluster="sometimes")
 
 
 def test_modes_off_train_frozen():
@@ -373,7 +396,7 @@ quantization: !new:speechbrain_quads.codebook.quantization.QuantizationConfig
     recluster: false
 """
     config = load_hyperpyyaml(text)["quantization"]
-    assert (config.bits, config.init, config.recluster) == (2, "range", False)
+    assert (config.bits, config.init, config.recluster) == (2, "range", "never")
     assert config.module_types == ("Linear",) and config.exclude == ("^fc2$",)
     assert CodebookQuantizer(config).prepare(make_model()) == ["fc1"]
     with pytest.raises(ValueError, match="bits"):

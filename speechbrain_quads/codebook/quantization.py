@@ -29,12 +29,15 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.utils import parametrize
 
-from speechbrain_quads.codebook.kmeans import INITS, kmeans_1d
+from speechbrain_quads.codebook.kmeans import INITS, assign, kmeans_1d
 
 MODES = ("off", "train", "frozen")
 """Quantizer modes: latent weights unchanged / ``centroids[indices]`` trained / ... frozen."""
 
 GRANULARITIES = ("per_tensor", "per_group")
+
+RECLUSTER = ("refit", "reassign", "never")
+"""What re-clustering does to an already-clustered codebook (see :class:`QuantizationConfig`)."""
 
 MAX_BITS = 16
 """Widest index width: 2**16 = 65536 centroids per codebook."""
@@ -70,7 +73,12 @@ class QuantizationConfig:
         include: regexes; if any are given, a module name must match one (``re.search``).
         exclude: regexes; a module name matching one is left in full precision.
         min_numel: weights with fewer elements stay in full precision.
-        recluster: if False, :meth:`CodebookQuantizer.cluster` clusters only once.
+        recluster: what :meth:`CodebookQuantizer.cluster` does to a codebook that is already
+            clustered (entering a later quantization phase): ``refit`` (or true) runs k-means on
+            the latent weights again; ``reassign`` keeps the trained centroids and moves each
+            latent weight to its nearest one (what the codebook learned is kept, the
+            assignments follow what distillation changed); ``never`` (or false) keeps codebook
+            and assignments (the official code).
         warm_start: re-clustering starts Lloyd from the current codebook (MCT then tracks what
             distillation changed; re-initialising on weights that were committed from a
             codebook lands in poor local optima); False re-initialises with ``init``.
@@ -87,7 +95,7 @@ class QuantizationConfig:
     include: Sequence[str] = field(default_factory=tuple)
     exclude: Sequence[str] = field(default_factory=tuple)
     min_numel: int = 0
-    recluster: bool = True
+    recluster: str | bool = "refit"
     warm_start: bool = True
     clip_percentile: float = 0.5
 
@@ -108,8 +116,11 @@ class QuantizationConfig:
             raise ValueError(f"granularity: {self.granularity!r} is not one of {GRANULARITIES}")
         if not self.module_types:
             raise ValueError("module_types: at least one module type is required")
-        if not isinstance(self.recluster, bool):
-            raise ValueError(f"recluster: expected true or false, got {self.recluster!r}")
+        if isinstance(self.recluster, bool):
+            self.recluster = "refit" if self.recluster else "never"
+        if self.recluster not in RECLUSTER:
+            raise ValueError(f"recluster: {self.recluster!r} is not one of {RECLUSTER} (or "
+                             "true / false for refit / never)")
         if not isinstance(self.warm_start, bool):
             raise ValueError(f"warm_start: expected true or false, got {self.warm_start!r}")
         percentile = self.clip_percentile
@@ -225,6 +236,16 @@ class CodebookParametrization(nn.Module):
         """Drop cached copies of ``indices`` and ``mode`` (after writes outside autograd)."""
         self._index_cache = None
         self._mode_cache = None
+
+    @torch.no_grad()
+    def reassign(self, latent: torch.Tensor) -> None:
+        """Keep the centroids (sorted, so the optimizer of a new phase starts afresh) and point
+        every weight of ``latent`` at its nearest one."""
+        centroids = torch.sort(self.centroids.detach(), dim=1).values
+        self.centroids.copy_(centroids)
+        values = latent.detach().reshape(self.groups, -1).to(centroids.dtype)
+        self.indices.copy_(assign(values, centroids).reshape(self.indices.shape))
+        self.invalidate()
 
     @torch.no_grad()
     def fit(self, latent: torch.Tensor, config: QuantizationConfig, seed: int) -> None:
@@ -366,20 +387,24 @@ class CodebookQuantizer:
     def cluster(self) -> None:
         """k-means every codebook from the current latent weights, then set mode ``train``.
 
-        With ``recluster=False`` already-clustered codebooks are kept; if all are, nothing
-        changes (not even the mode). Under torch.distributed, rank 0's codebooks are broadcast.
+        An already-clustered codebook is refitted, re-assigned or kept, as ``recluster`` says;
+        if every codebook is kept, nothing changes (not even the mode). Under
+        torch.distributed, rank 0's codebooks are broadcast.
         """
         modules = self._attached("cluster")
         todo = [
             (position, module, codebook)
             for position, (module, codebook) in enumerate(modules.values())
-            if self.config.recluster or not int(codebook.clustered)
+            if self.config.recluster != "never" or not int(codebook.clustered)
         ]
         if not todo:
             return
         for position, module, codebook in todo:
             latent = module.parametrizations["weight"].original
-            codebook.fit(latent, self.config, seed=self.config.seed + position)
+            if self.config.recluster == "reassign" and int(codebook.clustered):
+                codebook.reassign(latent)
+            else:
+                codebook.fit(latent, self.config, seed=self.config.seed + position)
             codebook.broadcast_from_rank0()
         self.set_mode("train")
 

@@ -19,8 +19,9 @@ are in :mod:`speechbrain_quads.training.losses`.
 
 Phase transitions happen at the first epoch of a phase, computed from the epoch number alone:
 entering a quantization phase re-clusters the codebooks from the latent weights, warm-started
-from the current codebook (or keeps them with ``recluster: false``, the official code's
-behaviour) and resets the quantization optimizer. Leaving one switches the quantizer off:
+from the current codebook (``recluster: refit``), or keeps the trained centroids and re-assigns
+the weights to them (``reassign``), or keeps codebooks and assignments (``never``, the official
+code's behaviour), and resets the quantization optimizer. Leaving one switches the quantizer off:
 distillation goes on training the full-precision latent weights, as in the official code.
 ``commit_after_quant: true`` instead writes the quantized values into the latent weights first;
 measured on the demo corpus this traps the model on its first codebook grid.
