@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Screen training variants on the validation split, one ``train.py`` run per variant.
+
+    python benchmarks/screen.py --corpus-dir results/slurp_text_corpus \
+        --name fp_alpha0.9 --hparams slurp_32bit.yaml -- --alpha=0.9
+    python benchmarks/screen.py --corpus-dir results/slurp_text_corpus \
+        --name fp_default --from-run results/benchmark/slurp_text/runs/seed1/fp_student
+
+A variant is a recipe hparams file plus ``train.py`` overrides (after ``--``); ``--from-run``
+scores a finished run instead (e.g. a benchmark row's, as the baseline). Each variant's exported
+model is scored on the valid split (per recording, so two variants pair up for an exact McNemar
+test) and its test predictions are kept but not shown: variants are chosen on valid, and only
+the chosen configuration is confirmed on test (``benchmarks/run.py``), so the test split never
+picks a knob.
+
+Rows go to ``--output`` (default ``benchmarks/screening.json``, merged under a lock, written as
+each run finishes, so screens can run side by side and across sittings): ``name``, ``hparams``,
+``overrides``, ``seed``, ``corpus_sha256``, ``valid_accuracy``, ``valid_ci95``, ``n_valid``,
+``train_seconds``, ``valid_correct`` / ``test_correct`` (0/1 strings in sorted recording order),
+and ``vs`` ({other name: exact McNemar p on valid}) for every other row of the same corpus
+generation. Runs live in ``--work``/<name> and resume from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "recipes" / "SLURP" / "quads"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import demo  # noqa: E402
+import methods  # noqa: E402
+import report  # noqa: E402
+
+from speechbrain_quads.evaluation.stats import clopper_pearson, compare  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options; everything after ``--`` is passed to train.py."""
+    argv = sys.argv[1:] if argv is None else argv
+    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus-dir", type=Path, required=True,
+                        help="a SLURP-layout corpus folder")
+    parser.add_argument("--name", required=True, help="the variant's name (its row key)")
+    parser.add_argument("--hparams", default="slurp_4bit.yaml",
+                        help="recipe hparams file in recipes/SLURP/quads/hparams/")
+    parser.add_argument("--from-run", type=Path, default=None,
+                        help="score this finished train.py run folder instead of training")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "screening.json")
+    parser.add_argument("--work", type=Path, default=REPO / "results" / "screen")
+    args = parser.parse_args(own)
+    args.overrides = overrides
+    return args
+
+
+def _bits(correct: dict[str, int]) -> str:
+    return "".join(str(correct[i]) for i in sorted(correct))
+
+
+def screen(args: argparse.Namespace) -> dict:
+    """Train (or take) the variant's run, score it on valid and test, store its row."""
+    corpus = args.corpus_dir.resolve()
+    run = args.from_run.resolve() if args.from_run else args.work.resolve() / args.name
+    seconds = None
+    if args.from_run is None and not (run / "summary.json").is_file():
+        start = time.perf_counter()
+        demo.train(f"hparams/{args.hparams}", corpus, run,
+                   SimpleNamespace(seed=args.seed, train_args=[
+                       f"--teacher_cache_dir={args.work.resolve() / 'teacher_cache'}",
+                       *args.overrides]))
+        seconds = time.perf_counter() - start
+    datasets, _ = methods.run_datasets(run)
+    model, _ = methods.load_student(run)
+    valid = methods.evaluate(model, datasets["valid"])
+    test = methods.recipe_correctness(run)
+    right, n = sum(valid["correct"].values()), len(valid["correct"])
+    row = {"name": args.name, "hparams": args.hparams, "overrides": args.overrides,
+           "from_run": str(args.from_run) if args.from_run else None, "seed": args.seed,
+           "corpus": str(corpus), "corpus_sha256": report.corpus_sha256(corpus),
+           "valid_accuracy": valid["accuracy"], "valid_ci95": list(clopper_pearson(right, n)),
+           "valid_macro_f1": valid["macro_f1"], "n_valid": n, "train_seconds": seconds,
+           "valid_correct": _bits(valid["correct"]), "test_correct": _bits(test["correct"])}
+    with report.locked(args.output):
+        rows = [r for r in load(args.output) if r["name"] != args.name] + [row]
+        for one in rows:
+            one["vs"] = {other["name"]: compare(_map(one), _map(other)).p_value
+                         for other in rows if other is not one
+                         and other["corpus_sha256"] == one["corpus_sha256"]}
+        report.write_atomic(args.output, json.dumps(rows, indent=1) + "\n")
+    print(f"[screen] {args.name}: valid {100 * row['valid_accuracy']:.2f} % "
+          f"[{100 * row['valid_ci95'][0]:.1f}, {100 * row['valid_ci95'][1]:.1f}] on {n}",
+          flush=True)
+    return row
+
+
+def _map(row: dict) -> dict[int, int]:
+    """A row's valid correctness as {position in sorted recording order: 0/1}."""
+    return {i: int(c) for i, c in enumerate(row["valid_correct"])}
+
+
+def load(path: Path) -> list[dict]:
+    """The screening rows (an empty list when the file does not exist)."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+
+
+if __name__ == "__main__":
+    screen(parse_args())
