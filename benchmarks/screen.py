@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "screening.json")
     parser.add_argument("--work", type=Path, default=REPO / "results" / "screen")
+    parser.add_argument("--teacher-cache", type=Path, default=None,
+                        help="teacher feature cache (default WORK/teacher_cache); the benchmark's "
+                             "cache of the same corpus can be shared")
     args = parser.parse_args(own)
     args.overrides = overrides
     return args
@@ -73,11 +76,12 @@ def screen(args: argparse.Namespace) -> dict:
     corpus = args.corpus_dir.resolve()
     run = args.from_run.resolve() if args.from_run else args.work.resolve() / args.name
     seconds = None
+    cache = args.teacher_cache or args.work / "teacher_cache"
     if args.from_run is None and not (run / "summary.json").is_file():
         start = time.perf_counter()
         demo.train(f"hparams/{args.hparams}", corpus, run,
                    SimpleNamespace(seed=args.seed, train_args=[
-                       f"--teacher_cache_dir={args.work.resolve() / 'teacher_cache'}",
+                       f"--teacher_cache_dir={cache.resolve()}",
                        *args.overrides]))
         seconds = time.perf_counter() - start
     datasets, _ = methods.run_datasets(run)
