@@ -237,6 +237,42 @@ def test_bf16_mixed_precision_mct_trains_the_codebook(tmp_path, corpus, tiny_dir
     assert moved == len(trained)  # every codebook trained
 
 
+def test_distillation_through_the_quantizer(tmp_path, corpus, tiny_dir, base_dir):
+    """``distill_through_quantizer``: the distillation epoch clusters first and runs mode
+    ``ste``: every step's forward uses at most 2**bits values per weight, each the codebook
+    value nearest to the latent weight; the latents move (straight-through gradient) while the
+    codebook does not; the quantization epoch that follows keeps the re-assigned codebook and
+    trains it."""
+    overrides = {"mct_iterations": 1, "final_quant_epochs": 0,
+                 "distill_through_quantizer": True, "recluster": "reassign"}
+    brain, hparams = make_brain(tmp_path, tiny_dir, base_dir, overrides)
+    seen = []
+    start = brain.on_fit_batch_start
+
+    def recording_start(batch, should_step):
+        start(batch, should_step)
+        module, codebook = next(iter(brain.quantizer.modules.values()))
+        latent = module.parametrizations["weight"].original.detach()
+        table = codebook.centroids.detach().flatten()
+        nearest = table[(latent.reshape(-1, 1) - table).abs().argmin(dim=1)]
+        seen.append((brain.quantizer.mode, torch.equal(module.weight.flatten(), nearest),
+                     module.weight.unique().numel(), latent.clone(), table.clone()))
+
+    brain.on_fit_batch_start = recording_start
+    fit(brain, hparams, corpus[1])
+    distill = [s for s in seen if s[0] == "ste"]
+    quant = [s for s in seen if s[0] == "train"]
+    assert distill and quant and len(distill) + len(quant) == len(seen)
+    assert all(match and distinct <= 16 for _, match, distinct, _, _ in distill)
+    assert not torch.equal(distill[0][3], distill[-1][3])  # the latents trained
+    assert torch.equal(distill[0][4], distill[-1][4])  # the codebook did not
+    assert torch.equal(quant[0][4], distill[-1][4])  # kept into the quantization phase
+    assert not torch.equal(quant[0][4], codebooks(brain)[next(iter(brain.quantizer.modules))][0]
+                           .flatten())  # and trained there
+    log = (tmp_path / "train_log.txt").read_text().splitlines()
+    assert len(log) == 2 and all("nan" not in line for line in log)
+
+
 def test_length_changing_augmentation_is_refused(tmp_path, corpus, tiny_dir, base_dir):
     brain, hparams = make_brain(tmp_path, tiny_dir, base_dir)
     brain.phase = hparams["phase_plan"][1]  # a distillation epoch

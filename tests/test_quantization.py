@@ -207,6 +207,35 @@ def test_reassign_keeps_trained_centroids_and_follows_the_latent_weights():
         QuantizationConfig(recluster="sometimes")
 
 
+def test_ste_mode_runs_the_codebook_and_passes_the_gradient_to_the_latents():
+    """Mode ``ste``: the forward uses ``centroids[indices]``; the latent weight receives exactly
+    the gradient of the weight the module used; the codebook receives none; ``reassign`` then
+    follows the moved latents."""
+    model = make_model()
+    quantizer = quantize_(model, QuantizationConfig(bits=2))
+    quantizer.set_mode("ste")
+    data = batch()
+    codebook = quantizer.modules["fc1"][1]
+    latent = model.fc1.parametrizations["weight"].original
+    used = codebook.quantized().detach()
+    assert torch.equal(model.fc1.weight, used)
+    loss_of(model, data).backward()
+    plain = make_model()
+    with torch.no_grad():
+        for name, (_, book) in quantizer.modules.items():
+            plain.get_submodule(name).weight.copy_(book.quantized())
+    loss_of(plain, data).backward()
+    torch.testing.assert_close(latent.grad, plain.fc1.weight.grad, rtol=1e-6, atol=1e-9)
+    assert codebook.centroids.grad is None
+    with torch.no_grad():
+        latent.sub_(50.0 * latent.grad)  # a large step: many weights change cluster
+    quantizer.reassign()
+    centroids = codebook.centroids.detach().flatten()
+    nearest = centroids[(latent.detach().reshape(-1, 1) - centroids).abs().argmin(dim=1)]
+    assert torch.equal(model.fc1.weight.flatten(), nearest)
+    assert not torch.equal(model.fc1.weight, used)
+
+
 def test_modes_off_train_frozen():
     model = make_model()
     data = batch()

@@ -6,7 +6,7 @@ Lifecycle, in the spirit of coremltools' palettizer and torchao's ``quantize_``:
     quantizer.prepare(model)        # parametrize the selected weights (mode "off")
     quantizer.cluster()             # k-means from the current weights, mode -> "train"
     ...train...                     # gradients reach the centroids
-    quantizer.set_mode("off" | "train" | "frozen")
+    quantizer.set_mode("off" | "train" | "frozen" | "ste")
     quantizer.commit()              # write centroids[indices] into the latent weights
     packing.size_report(model)    # sizes (packing builds on this module)
     quantizer.finalize()            # plain quantized weights, parametrizations removed
@@ -31,8 +31,10 @@ from torch.nn.utils import parametrize
 
 from speechbrain_quads.codebook.kmeans import INITS, assign, kmeans_1d
 
-MODES = ("off", "train", "frozen")
-"""Quantizer modes: latent weights unchanged / ``centroids[indices]`` trained / ... frozen."""
+MODES = ("off", "train", "frozen", "ste")
+"""Quantizer modes: latent weights unchanged / ``centroids[indices]`` trained / ... frozen /
+``centroids[indices]`` in the forward, gradient straight through to the latent weights
+(quantization-aware training of the latents; the codebook does not train)."""
 
 GRANULARITIES = ("per_tensor", "per_group")
 
@@ -166,6 +168,19 @@ class _CodebookGather(torch.autograd.Function):
         return grad_table.view(ctx.table_shape), None, None
 
 
+class _StraightThrough(torch.autograd.Function):
+    """``table.flatten()[index]`` in the forward; the backward hands the gradient unchanged to
+    the latent weight (straight-through estimator) and none to the table."""
+
+    @staticmethod
+    def forward(ctx, latent: torch.Tensor, table: torch.Tensor, index: torch.Tensor):
+        return table.reshape(-1).index_select(0, index).view(latent.shape)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None, None
+
+
 class CodebookParametrization(nn.Module):
     """Parametrization of one weight: ``W = centroids[group, indices]`` when enabled.
 
@@ -203,6 +218,8 @@ class CodebookParametrization(nn.Module):
         mode = self.current_mode()
         if mode == "off":
             return latent
+        if mode == "ste":
+            return _StraightThrough.apply(latent, self.centroids.detach(), self.flat_indices())
         table = self.centroids if mode == "train" else self.centroids.detach()
         return _CodebookGather.apply(table, self.flat_indices(), latent.shape)
 
@@ -408,13 +425,25 @@ class CodebookQuantizer:
             codebook.broadcast_from_rank0()
         self.set_mode("train")
 
+    def reassign(self) -> None:
+        """Point every weight at the nearest centroid of its (unchanged) codebook; in mode
+        ``ste`` this keeps the forward on the codebook values nearest to the moving latents."""
+        self._require_clustered("reassign")
+        for module, codebook in self.modules.values():
+            codebook.reassign(module.parametrizations["weight"].original)
+
+    @property
+    def clustered(self) -> bool:
+        """Whether every codebook has been clustered."""
+        return all(int(codebook.clustered) for _, codebook in self._attached("clustered").values())
+
     @property
     def mode(self) -> str:
         """The current mode (all codebooks share it)."""
         return next(iter(self._attached("mode").values()))[1].current_mode()
 
     def set_mode(self, mode: str) -> None:
-        """Switch every codebook to ``off``, ``train`` or ``frozen`` (see :data:`MODES`)."""
+        """Switch every codebook to ``off``, ``train``, ``frozen`` or ``ste`` (:data:`MODES`)."""
         if mode not in MODES:
             raise ValueError(f"mode: {mode!r} is not one of {MODES}")
         if mode != "off":

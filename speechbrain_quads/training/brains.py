@@ -308,7 +308,9 @@ class MCTBrain(QuantizationBrain, DistillationBrain):
 
     hparams used besides both bases': ``phase_plan`` (PhasePlan: strategy, iterations, epochs per
     phase, final quantization epochs), ``quant_distill_weight`` (L1 weight in quantization
-    phases, default 0: no teacher there) and ``commit_after_quant`` (default false).
+    phases, default 0: no teacher there; the paper's ``gamma * L_dis + (1 - gamma) * L_quant``
+    up to scale), ``commit_after_quant`` (default false) and ``distill_through_quantizer``
+    (default false: quantization-aware distillation, see :attr:`through_quantizer`).
     """
 
     def build_plan(self, epochs: int) -> PhasePlan:
@@ -336,12 +338,35 @@ class MCTBrain(QuantizationBrain, DistillationBrain):
 
     def enter_phase(self, phase: EpochPhase, resumed: bool) -> None:
         """Leaving quantization for distillation: the quantizer goes off (after committing its
-        values with ``commit_after_quant``) and the latent weights train again."""
+        values with ``commit_after_quant``) and the latent weights train again; with
+        ``distill_through_quantizer`` it goes to mode ``ste`` instead (clustered first if it
+        never was, otherwise re-assigned to the trained codebook)."""
         if phase.kind == DISTILL:
-            if phase.starts_phase and not resumed and self.quantizer.mode != "off":
-                if getattr(self.hparams, "commit_after_quant", False):
+            if phase.starts_phase and not resumed:
+                if getattr(self.hparams, "commit_after_quant", False) and (
+                        self.quantizer.mode != "off"):
                     self.quantizer.commit()
-                self.quantizer.set_mode("off")
+                if self.through_quantizer:
+                    if self.quantizer.clustered:
+                        self.quantizer.reassign()
+                    else:
+                        self.quantizer.cluster()
+                    self.quantizer.set_mode("ste")
+                elif self.quantizer.mode != "off":
+                    self.quantizer.set_mode("off")
             for latent in self.latents():
                 latent.requires_grad_(True)
         super().enter_phase(phase, resumed)
+
+    @property
+    def through_quantizer(self) -> bool:
+        """``distill_through_quantizer`` (default false): distillation steps run the quantized
+        forward, with the gradient passed straight through to the latent weights and every
+        weight re-assigned to its nearest centroid before each step."""
+        return bool(getattr(self.hparams, "distill_through_quantizer", False))
+
+    def on_fit_batch_start(self, batch, should_step):
+        """In mode ``ste``, follow the latent weights the last step moved."""
+        if self.quantizer.mode == "ste":
+            self.quantizer.reassign()
+        super().on_fit_batch_start(batch, should_step)
