@@ -18,7 +18,7 @@ latency-bound operations to which torch's intra-op thread pool adds milliseconds
 
 Lloyd only reaches a local optimum, and on heavy-tailed weights a poor one: on Whisper tiny.en's
 encoder, 30 Lloyd iterations from ``linear`` leave up to 1.55x the exact optimum's squared error
-at 4 bits and 4.2x at 5 bits. The ``optimal`` initialisation therefore solves the problem
+at 4 bits and 6.05x at 8 bits. The ``optimal`` initialisation therefore solves the problem
 exactly (Wang & Song's dynamic programme, Ckmeans.1d.dp through ``ckwrap``) on a weighted sketch
 of each row, then Lloyd polishes on every value: within 0.25 % of the exact optimum at every
 width from 1 to 8 bits (``benchmarks/quantization.py``, ``kmeans_sse_ratio``).
