@@ -62,3 +62,33 @@ def test_optimal_init_keeps_every_centroid_in_use_with_repeated_values():
     assert torch.unique(indices).numel() == 16
     assert squared_error(values, centroids[0].numpy(), indices[0].numpy()) <= 1.01 * (
         exact_optimum(values, 16))
+
+
+def test_weighted_kmeans_equals_kmeans_of_the_replicated_values(heavy_tailed):
+    """Integer weights are replication: k-means weighted by w reaches the exact optimum of the
+    values repeated w times (an unweighted problem kmeans1d solves exactly)."""
+    values = heavy_tailed[:20_000]
+    weights = np.where(values > 0, 5, 1)  # the positive half matters 5x: the optimum shifts
+    weights[np.random.default_rng(2).random(values.size) < 0.3] += 1
+    replicated = np.repeat(values, weights)
+    for k in (4, 16):
+        centroids, indices = kmeans_1d(torch.from_numpy(values).unsqueeze(0), k,
+                                       weights=torch.from_numpy(weights).double().unsqueeze(0))
+        error = float((weights * np.square(values - centroids[0].numpy()[indices[0].numpy()]))
+                      .sum())
+        assert error <= 1.01 * exact_optimum(replicated, k)
+        assert error < 0.99 * squared_error(replicated, *_unweighted(values, weights, k))
+
+
+def _unweighted(values: np.ndarray, weights: np.ndarray, k: int):
+    """The unweighted clustering of ``values``, applied to the replicated values."""
+    centroids, indices = kmeans_1d(torch.from_numpy(values).unsqueeze(0), k)
+    return centroids[0].numpy(), np.repeat(indices[0].numpy(), weights)
+
+
+def test_weights_are_checked():
+    values = torch.randn(1, 100, dtype=torch.float64)
+    with pytest.raises(ValueError, match="weights: expected shape"):
+        kmeans_1d(values, 4, weights=torch.ones(1, 99))
+    with pytest.raises(ValueError, match="non-negative"):
+        kmeans_1d(values, 4, weights=-torch.ones(1, 100))

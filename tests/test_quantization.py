@@ -495,3 +495,36 @@ def test_kmeans_with_65536_centroids_beats_the_uniform_grid():
     assert 0 <= int(indices.min()) and int(indices.max()) < k
     assert indices.unique().numel() == k  # every empty centroid was reseeded
     assert error < 0.17 * grid_error  # 0.163 measured
+
+
+def test_squared_gradients_and_sensitivity_weighted_clustering():
+    """``squared_gradients`` sums (dL/dW)**2 over batches (checked against a plain model), leaves
+    mode and requires_grad as they were; clustering weighted by it has a lower sensitivity-
+    weighted error than plain clustering."""
+    from speechbrain_quads.codebook.sensitivity import squared_gradients
+
+    model = make_model()
+    quantizer = quantize_(model, QuantizationConfig(bits=2))
+    quantizer.set_mode("frozen")
+    latent = model.fc1.parametrizations["weight"].original
+    latent.requires_grad_(False)
+    batches = [batch(seed) for seed in (1, 2, 3)]
+    totals = squared_gradients(quantizer, lambda data: loss_of(model, data), batches)
+    assert quantizer.mode == "frozen" and not latent.requires_grad and latent.grad is None
+    plain = make_model()
+    expected = torch.zeros_like(plain.fc1.weight)
+    for data in batches:
+        plain.zero_grad()
+        loss_of(plain, data).backward()
+        expected += plain.fc1.weight.grad.square()
+    torch.testing.assert_close(totals["fc1"], expected, rtol=1e-5, atol=1e-12)
+
+    def weighted_error(quantizer_: CodebookQuantizer) -> float:
+        codebook = quantizer_.modules["fc1"][1]
+        return float((totals["fc1"] * (latent - codebook.quantized()).square()).sum().detach())
+
+    plain_error = weighted_error(quantizer)
+    quantizer.cluster(sensitivity=totals)
+    assert weighted_error(quantizer) < 0.95 * plain_error  # 0.928 measured
+    with pytest.raises(ValueError, match="sensitivity: no quantized module named"):
+        quantizer.cluster(sensitivity={"nothing": totals["fc1"]})

@@ -53,6 +53,7 @@ def init_centroids(
     init: str,
     generator: torch.Generator,
     clip_percentile: float = 0.5,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Initial centroids for 1-D k-means.
 
@@ -66,6 +67,8 @@ def init_centroids(
             seeded subsample of at most :data:`KMEANS_PP_SAMPLE` values) or ``range``.
         generator: seeded generator; only ``kmeans++`` draws from it.
         clip_percentile: for ``range``: percent of values clipped at each end.
+        weights: optional (groups, m) value weights in sorted order; only ``optimal`` uses
+            them (the other initialisations place centroids by value alone).
 
     ``range`` is a range-calibrated, asymmetric initialisation for 1-2 bits: the low and high
     clipping points are the ``clip_percentile`` and ``100 - clip_percentile`` percentiles of
@@ -79,7 +82,7 @@ def init_centroids(
     """
     m = sorted_values.shape[1]
     if init == "optimal" and k <= OPTIMAL_MAX_K:
-        return optimal_centroids(sorted_values, k)
+        return optimal_centroids(sorted_values, k, weights)
     if init in ("optimal", "linear"):
         steps = torch.linspace(0.0, 1.0, k, dtype=torch.float64)
         low, high = sorted_values[:, :1].double(), sorted_values[:, -1:].double()
@@ -98,7 +101,8 @@ def init_centroids(
     raise ValueError(f"init: unknown initialisation {init!r}; expected one of {INITS}")
 
 
-def optimal_centroids(sorted_values: torch.Tensor, k: int) -> torch.Tensor:
+def optimal_centroids(sorted_values: torch.Tensor, k: int,
+                      weights: torch.Tensor | None = None) -> torch.Tensor:
     """Exactly optimal 1-D k-means centroids of a weighted sketch of each row.
 
     Each sorted row is cut into bins of at most ``m / B`` values, and every bin wider than
@@ -112,16 +116,19 @@ def optimal_centroids(sorted_values: torch.Tensor, k: int) -> torch.Tensor:
         sorted_values: (groups, m) values sorted along the last dimension, with more than ``k``
             distinct values per row.
         k: number of centroids.
+        weights: optional (groups, m) positive weights in the order of ``sorted_values``
+            (weighted squared error: bins carry their weight sums and weighted means).
 
     Returns:
         (groups, k) float64 centroids, sorted (start points for :func:`lloyd`).
     """
     bins = max(SKETCH_BINS_PER_CENTROID * k, SKETCH_MIN_BINS)
     rows = sorted_values.double().numpy()
+    masses = None if weights is None else weights.double().numpy()
     out = np.empty((rows.shape[0], k))
     for group, row in enumerate(rows):
-        means, weights = _sketch(row, bins)
-        fit = ckwrap.ckmeans(means, k, weights=weights)
+        means, mass = _sketch(row, bins, None if masses is None else masses[group])
+        fit = ckwrap.ckmeans(means, k, weights=mass)
         centres = np.sort(np.asarray(fit.centers, dtype=np.float64))
         if centres.size < k:  # fewer distinct sketch points than k: Lloyd reseeds the copies
             centres = np.concatenate([centres, np.full(k - centres.size, centres[-1])])
@@ -129,19 +136,24 @@ def optimal_centroids(sorted_values: torch.Tensor, k: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def _sketch(row: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """(means, counts) of consecutive bins of a sorted row (see :func:`optimal_centroids`)."""
+def _sketch(row: np.ndarray, bins: int,
+            mass: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(weighted means, weight sums) of consecutive bins of a sorted row (weights ``mass``,
+    default 1 per value; see :func:`optimal_centroids`)."""
+    mass = np.ones_like(row) if mass is None else mass
     starts = np.flatnonzero(np.diff(row, prepend=row[0] - 1.0))  # first index of each value
     if starts.size <= bins:
-        return row[starts], np.diff(starts, append=row.size).astype(np.float64)
-    by_count = (np.arange(1, bins) * row.size) // bins
-    by_width = np.searchsorted(row, np.linspace(row[0], row[-1], bins + 1)[1:-1])
-    edges = np.unique(np.concatenate([[0], by_count, by_width, [row.size]]))
-    prefix = np.concatenate([[0.0], np.cumsum(row)])
-    counts = np.diff(edges)
-    keep = counts > 0
-    means = (prefix[edges[1:]] - prefix[edges[:-1]])[keep] / counts[keep]
-    return means, counts[keep].astype(np.float64)
+        edges = np.append(starts, row.size)
+    else:
+        by_count = (np.arange(1, bins) * row.size) // bins
+        by_width = np.searchsorted(row, np.linspace(row[0], row[-1], bins + 1)[1:-1])
+        edges = np.unique(np.concatenate([[0], by_count, by_width, [row.size]]))
+    prefix = np.concatenate([[0.0], np.cumsum(row * mass)])
+    prefix_mass = np.concatenate([[0.0], np.cumsum(mass)])
+    sums = prefix_mass[edges[1:]] - prefix_mass[edges[:-1]]
+    keep = np.diff(edges) > 0
+    means = (prefix[edges[1:]] - prefix[edges[:-1]])[keep] / sums[keep]
+    return means, sums[keep]
 
 
 def _kmeans_plus_plus(data: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -193,6 +205,7 @@ def lloyd(
     centroids: torch.Tensor,
     iters: int,
     tol: float = 0.0,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Lloyd iterations on sorted 1-D data via searchsorted and prefix sums.
 
@@ -201,6 +214,8 @@ def lloyd(
         centroids: (groups, k) float64 initial centroids, sorted along the last dimension.
         iters: maximum number of iterations.
         tol: stop early once no centroid moves by more than ``tol`` (same unit as the values).
+        weights: optional (groups, m) positive weights in the order of ``sorted_values``: each
+            centroid is then its members' weighted mean (weighted squared error).
 
     Returns:
         (groups, k) float64 centroids, sorted. A centroid whose cluster is empty is moved into
@@ -209,10 +224,16 @@ def lloyd(
     """
     data = sorted_values.contiguous().numpy().astype(np.float64)
     groups, m = data.shape
+    mass_of = None if weights is None else weights.contiguous().numpy().astype(np.float64)
     prefix = np.zeros((groups, m + 1))
-    np.cumsum(data, axis=1, out=prefix[:, 1:])
+    np.cumsum(data if mass_of is None else data * mass_of, axis=1, out=prefix[:, 1:])
     prefix_sq = np.zeros((groups, m + 1))
-    np.cumsum(np.square(data), axis=1, out=prefix_sq[:, 1:])
+    squares = np.square(data)
+    np.cumsum(squares if mass_of is None else squares * mass_of, axis=1, out=prefix_sq[:, 1:])
+    prefix_mass = None
+    if mass_of is not None:
+        prefix_mass = np.zeros((groups, m + 1))
+        np.cumsum(mass_of, axis=1, out=prefix_mass[:, 1:])
     current = centroids.double().numpy().copy()
     rows = np.arange(groups)[:, None]
     first, last = np.zeros((groups, 1), dtype=np.int64), np.full((groups, 1), m)
@@ -222,11 +243,13 @@ def lloyd(
         edges = np.concatenate([first, cuts, last], axis=1)
         counts = np.diff(edges, axis=1)
         sums = prefix[rows, edges[:, 1:]] - prefix[rows, edges[:, :-1]]
-        updated = np.where(counts > 0, sums / np.maximum(counts, 1), current)
+        mass = counts if prefix_mass is None else (
+            prefix_mass[rows, edges[:, 1:]] - prefix_mass[rows, edges[:, :-1]])
+        updated = np.where(counts > 0, sums / np.where(counts > 0, mass, 1), current)
         for group in np.flatnonzero((counts == 0).any(axis=1)):
             squares = prefix_sq[group, edges[group, 1:]] - prefix_sq[group, edges[group, :-1]]
             _reseed_empty(data[group], edges[group], counts[group], sums[group], squares,
-                          updated[group])
+                          updated[group], mass[group])
         updated = np.sort(updated, axis=1)
         moved = np.abs(updated - current).max()
         current = updated
@@ -236,7 +259,7 @@ def lloyd(
 
 
 def _reseed_empty(row: np.ndarray, edges: np.ndarray, counts: np.ndarray, sums: np.ndarray,
-                  squares: np.ndarray, centroids: np.ndarray) -> None:
+                  squares: np.ndarray, centroids: np.ndarray, mass: np.ndarray) -> None:
     """Move each empty cluster's centroid (in place) to split a cluster of large squared error.
 
     The empty clusters, in index order, are paired with the clusters of positive error in
@@ -245,7 +268,7 @@ def _reseed_empty(row: np.ndarray, edges: np.ndarray, counts: np.ndarray, sums: 
     cluster's sorted span (its last value if that equals its centroid). Vectorised: O(k log k)
     per round however many clusters are empty (there are tens of thousands at k = 65536).
     """
-    error = squares - np.square(sums) / np.maximum(counts, 1)
+    error = squares - np.square(sums) / np.where(counts > 0, mass, 1)
     error[counts < 2] = 0.0
     empty = np.flatnonzero(counts == 0)
     worst = np.argsort(-error, kind="stable")[: empty.size]
@@ -264,6 +287,7 @@ def kmeans_1d(
     seed: int = 0,
     clip_percentile: float = 0.5,
     initial: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cluster each row of ``values`` into ``k`` centroids.
 
@@ -276,6 +300,10 @@ def kmeans_1d(
         clip_percentile: outlier percent clipped at each end by ``init="range"``.
         initial: optional (groups, k) starting centroids (a warm start, e.g. the current
             codebook when re-clustering); ``init`` is then not used.
+        weights: optional (groups, m) non-negative importance of every value (e.g. squared
+            gradients: sensitivity-weighted k-means, as SqueezeLLM and coremltools' SKM):
+            the weighted squared error is minimised. Weights are floored at 1e-6 of their row
+            mean, so a value of zero sensitivity still belongs to its nearest centroid.
 
     Returns:
         ``(centroids, indices)``: (groups, k) centroids in ``values.dtype``, sorted per row, and
@@ -300,6 +328,17 @@ def kmeans_1d(
     order = np.argsort(data, axis=1)
     sorted_data = np.take_along_axis(data, order, axis=1)
     sorted_values = torch.from_numpy(sorted_data)
+    sorted_weights = None
+    if weights is not None:
+        if tuple(weights.shape) != tuple(data.shape):
+            raise ValueError(f"weights: expected shape {tuple(data.shape)}, got "
+                             f"{tuple(weights.shape)}")
+        mass = weights.detach().cpu().double().numpy()
+        if not np.isfinite(mass).all() or (mass < 0).any():
+            raise ValueError("weights: expected finite non-negative values")
+        floor = 1e-6 * np.maximum(mass.mean(axis=1, keepdims=True), 1e-300)
+        sorted_weights = torch.from_numpy(np.take_along_axis(np.maximum(mass, floor), order,
+                                                             axis=1))
     if initial is not None and tuple(initial.shape) != (data.shape[0], k):
         raise ValueError(f"initial: expected shape {(data.shape[0], k)}, got "
                          f"{tuple(initial.shape)}")
@@ -313,8 +352,12 @@ def kmeans_1d(
             centroids = torch.sort(initial.detach().cpu().double()[many], dim=1).values
         else:
             generator = torch.Generator().manual_seed(seed)
-            centroids = init_centroids(sorted_values[many], k, init, generator, clip_percentile)
-        rounded = lloyd(sorted_values[many], centroids, iters).to(values.dtype)
+            centroids = init_centroids(
+                sorted_values[many], k, init, generator, clip_percentile,
+                None if sorted_weights is None else sorted_weights[many])
+        rounded = lloyd(sorted_values[many], centroids, iters,
+                        weights=None if sorted_weights is None else sorted_weights[many])
+        rounded = rounded.to(values.dtype)
         fitted[~few] = rounded.to(work.dtype).numpy()
         indices[~few] = _labels(sorted_data[~few], order[~few], fitted[~few])
     for row in np.flatnonzero(few):

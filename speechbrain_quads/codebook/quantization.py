@@ -83,7 +83,8 @@ class QuantizationConfig:
             and assignments (the official code).
         warm_start: re-clustering starts Lloyd from the current codebook (MCT then tracks what
             distillation changed; re-initialising on weights that were committed from a
-            codebook lands in poor local optima); False re-initialises with ``init``.
+            codebook lands in poor local optima); False re-initialises with ``init``. Not used
+            with ``init: optimal``, which solves each refit afresh (near the global optimum).
         clip_percentile: percent of outliers clipped at each end by ``init="range"``.
     """
 
@@ -265,10 +266,13 @@ class CodebookParametrization(nn.Module):
         self.invalidate()
 
     @torch.no_grad()
-    def fit(self, latent: torch.Tensor, config: QuantizationConfig, seed: int) -> None:
-        """Run k-means on ``latent`` (the weight's shape) and store centroids and indices."""
+    def fit(self, latent: torch.Tensor, config: QuantizationConfig, seed: int,
+            sensitivity: torch.Tensor | None = None) -> None:
+        """Run k-means on ``latent`` (the weight's shape; weighted by ``sensitivity``, same
+        shape, if given) and store centroids and indices."""
         values = latent.detach().reshape(self.groups, -1)
-        warm = config.warm_start and bool(int(self.clustered))
+        weights = None if sensitivity is None else sensitivity.detach().reshape(self.groups, -1)
+        warm = config.warm_start and bool(int(self.clustered)) and config.init != "optimal"
         centroids, indices = kmeans_1d(
             values,
             self.k,
@@ -277,6 +281,7 @@ class CodebookParametrization(nn.Module):
             seed=seed,
             clip_percentile=config.clip_percentile,
             initial=self.centroids.detach() if warm else None,
+            weights=weights,
         )
         self.centroids.copy_(centroids)
         self.indices.copy_(indices.reshape(self.indices.shape))
@@ -401,8 +406,12 @@ class CodebookQuantizer:
             if not int(codebook.clustered):
                 raise RuntimeError(f"{verb}(): module {name!r} has no codebook; call cluster()")
 
-    def cluster(self) -> None:
+    def cluster(self, sensitivity: dict[str, torch.Tensor] | None = None) -> None:
         """k-means every codebook from the current latent weights, then set mode ``train``.
+
+        ``sensitivity`` ({module name: tensor of the weight's shape}, e.g. from
+        :func:`~speechbrain_quads.codebook.sensitivity.squared_gradients`) weights each value's
+        squared error in the k-means it is given to (a codebook refitted or clustered now).
 
         An already-clustered codebook is refitted, re-assigned or kept, as ``recluster`` says;
         if every codebook is kept, nothing changes (not even the mode). Under
@@ -416,12 +425,17 @@ class CodebookQuantizer:
         ]
         if not todo:
             return
+        names = list(modules)
+        unknown = sorted(set(sensitivity or {}) - set(names))
+        if unknown:
+            raise ValueError(f"sensitivity: no quantized module named {unknown[:3]}")
         for position, module, codebook in todo:
             latent = module.parametrizations["weight"].original
             if self.config.recluster == "reassign" and int(codebook.clustered):
                 codebook.reassign(latent)
             else:
-                codebook.fit(latent, self.config, seed=self.config.seed + position)
+                codebook.fit(latent, self.config, seed=self.config.seed + position,
+                             sensitivity=(sensitivity or {}).get(names[position]))
             codebook.broadcast_from_rank0()
         self.set_mode("train")
 
