@@ -9,6 +9,8 @@ and is scored on the same test manifest as the trained runs; every score comes w
   linear probe on its pooled features.
 - :func:`kmeans_ptq`: the QUADS codebook quantizer applied once (per-tensor k-means, the same
   ``QuantizationConfig`` defaults as training), no retraining.
+- :func:`kmeans_ptq_sensitive`: the same, with k-means weighted by each weight's squared gradient
+  over calibration recordings (the QUADS engine's answer to SKM).
 - :func:`dynamic_int8`: ``torch.ao.quantization.quantize_dynamic`` of every ``nn.Linear`` (int8
   weights, activations quantized on the fly), the method of SpeechBrain's quantization tutorial.
 - :func:`dkm_with_lr_search` / :func:`dkm_palettize`: Apple coremltools' ``DKMPalettizer``
@@ -38,7 +40,13 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from torch import nn
 from torch.utils.data import DataLoader
 
-from speechbrain_quads.codebook.quantization import QuantizationConfig, quantize_, quantized_modules
+from speechbrain_quads.codebook.quantization import (
+    CodebookQuantizer,
+    QuantizationConfig,
+    quantize_,
+    quantized_modules,
+)
+from speechbrain_quads.codebook.sensitivity import squared_gradients
 from speechbrain_quads.deploy.export import export_model
 from speechbrain_quads.deploy.inference import load_export
 from speechbrain_quads.evaluation.metrics import accuracy, macro_f1
@@ -155,8 +163,9 @@ def probe(encoder: nn.Module, datasets: dict[str, DynamicItemDataset], n_classes
     return {**_scores(predicted, test_y.tolist(), ids), "size_mb": params * 4 / MB}
 
 
-def kmeans_ptq(fp_run: Path, bits: int, out_dir: Path, seed: int) -> dict:
-    """Cluster the fp student's weights at ``bits`` bits (no training), export, score.
+def kmeans_ptq(fp_run: Path, bits: int, out_dir: Path, seed: int, init: str = "optimal") -> dict:
+    """Cluster the fp student's weights at ``bits`` bits (no training, k-means ``init``),
+    export, score.
 
     Returns:
         ``accuracy``, ``macro_f1``, ``packed_mb`` (the packed export), ``train_seconds`` (the
@@ -165,12 +174,47 @@ def kmeans_ptq(fp_run: Path, bits: int, out_dir: Path, seed: int) -> dict:
     datasets, _ = run_datasets(fp_run)
     model, labels = load_student(fp_run)
     start = time.perf_counter()
-    quantizer = quantize_(model, QuantizationConfig(bits=bits, seed=seed))
+    quantizer = quantize_(model, QuantizationConfig(bits=bits, seed=seed, init=init))
     seconds = time.perf_counter() - start
     sizes = export_model(SimpleNamespace(deployable=model, quantizer=quantizer), {"bits": bits},
                          labels, out_dir)
     return {**evaluate(model, datasets["test"]), "packed_mb": sizes["packed_mb"],
             "train_seconds": seconds, "export": str(out_dir)}
+
+
+def kmeans_ptq_sensitive(fp_run: Path, bits: int, out_dir: Path, samples: int,
+                         seed: int) -> dict:
+    """:func:`kmeans_ptq` with each value's squared error weighted by its sensitivity: squared
+    gradients of the cross-entropy over ``samples`` shuffled training recordings, one per
+    batch (the calibration of :func:`skm_palettize`; the same layers as QUADS).
+
+    Returns :func:`kmeans_ptq`'s keys plus ``calibration_samples``; ``train_seconds`` counts
+    calibration and clustering.
+    """
+    torch.manual_seed(seed)
+    datasets, _ = run_datasets(fp_run)
+    model, labels = load_student(fp_run)
+    loader = DataLoader(datasets["train"], batch_size=1, shuffle=True, collate_fn=PaddedBatch)
+    start = time.perf_counter()
+    quantizer = CodebookQuantizer(QuantizationConfig(bits=bits, seed=seed))
+    quantizer.prepare(model)
+    sensitivity = squared_gradients(quantizer, lambda batch: _task_loss(model, batch),
+                                    itertools.islice(loader, samples))
+    quantizer.cluster(sensitivity=sensitivity)
+    seconds = time.perf_counter() - start
+    model.eval()
+    sizes = export_model(SimpleNamespace(deployable=model, quantizer=quantizer), {"bits": bits},
+                         labels, out_dir)
+    return {**evaluate(model, datasets["test"]), "packed_mb": sizes["packed_mb"],
+            "train_seconds": seconds, "calibration_samples": samples, "export": str(out_dir)}
+
+
+def _task_loss(network: nn.Module, batch: PaddedBatch) -> torch.Tensor:
+    """Cross-entropy of the intent head on one batch (the calibration loss)."""
+    wavs, lens = batch.sig
+    hidden, frame_lens = network["student"](wavs, lens)
+    logits = network["classifier"](hidden[-1], frame_lens)
+    return nn.functional.cross_entropy(logits, batch.intent_encoded.data.reshape(-1))
 
 
 def dynamic_int8(fp_run: Path) -> dict:
@@ -310,15 +354,8 @@ def skm_palettize(fp_run: Path, bits: int, out_dir: Path, samples: int, seed: in
         "module_type_configs": {"Linear": {"n_bits": bits, "granularity": "per_tensor"}},
         "calibration_nsamples": samples})
     loader = DataLoader(datasets["train"], batch_size=1, shuffle=True, collate_fn=PaddedBatch)
-
-    def loss_fn(network: nn.Module, batch: PaddedBatch) -> torch.Tensor:
-        wavs, lens = batch.sig
-        hidden, frame_lens = network["student"](wavs, lens)
-        logits = network["classifier"](hidden[-1], frame_lens)
-        return nn.functional.cross_entropy(logits, batch.intent_encoded.data.reshape(-1))
-
     start = time.perf_counter()
-    compressed = SKMPalettizer(model, config).compress(dataloader=loader, loss_fn=loss_fn)
+    compressed = SKMPalettizer(model, config).compress(dataloader=loader, loss_fn=_task_loss)
     seconds = time.perf_counter() - start
     return {**_palettized_result(compressed, fp_run, bits, labels, out_dir,
                                  {"test": datasets["test"]}, fallback_seed=seed),

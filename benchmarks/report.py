@@ -37,6 +37,8 @@ LABELS = {
     "sequential": "Sequential: distil, then quantize",
     "quads_mct_random_init": "QUADS (MCT), random student init",
     "kmeans_ptq": "k-means PTQ of the fp student (no retraining)",
+    "kmeans_ptq_linear": "k-means PTQ, former linear init (30 Lloyd iterations)",
+    "kmeans_ptq_sensitive": "k-means PTQ weighted by squared gradients (128 recordings)",
     "torch_dynamic_int8": "torch dynamic int8 PTQ of the fp student",
     "coremltools_skm": "coremltools SKMPalettizer (sensitive k-means PTQ)",
     "coremltools_dkm": "coremltools DKMPalettizer fine-tuning",
@@ -49,7 +51,10 @@ COMPARISONS = [
     ("teacher:32", "fp_student:32"),
     *[(f"quads_mct:{b}", f"{peer}:{b}") for b in (2, 4, 8)
       for peer in ("sequential", "kmeans_ptq", "coremltools_dkm", "coremltools_skm",
-                   "quads_mct_random_init")],
+                   "quads_mct_random_init", "kmeans_ptq_sensitive")],
+    *[(f"kmeans_ptq:{b}", f"{peer}:{b}") for b in (2, 4, 8)
+      for peer in ("kmeans_ptq_linear", "kmeans_ptq_sensitive")],
+    *[(f"kmeans_ptq_sensitive:{b}", f"coremltools_skm:{b}") for b in (2, 4, 8)],
 ]
 """(A, B) pairs compared on the same recordings wherever both rows exist, as ``method:bits``."""
 

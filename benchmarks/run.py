@@ -13,8 +13,10 @@ Same data, same student (Whisper tiny.en), same teacher (Whisper base) for every
   training, each with a linear probe on pooled features.
 - ``quads_mct``: QUADS (``hparams/slurp_<b>bit.yaml``); ``sequential``: all distillation, then all
   quantization; ``quads_mct_random_init``: QUADS from a randomly initialised student.
-- ``kmeans_ptq``, ``torch_dynamic_int8``, ``coremltools_skm``, ``coremltools_dkm``: applied to the
-  fp student (``benchmarks/methods.py``).
+- ``kmeans_ptq`` (the engine's default ``optimal`` k-means), ``kmeans_ptq_linear`` (the former
+  ``linear`` default), ``kmeans_ptq_sensitive`` (k-means weighted by squared gradients over the
+  SKM calibration recordings), ``torch_dynamic_int8``, ``coremltools_skm``,
+  ``coremltools_dkm``: applied to the fp student (``benchmarks/methods.py``).
 
 Every finished row is merged into ``--output``/results.json at once (atomic write under a lock:
 two invocations with other ``--methods`` or ``--seeds`` may run side by side, one thread each
@@ -72,11 +74,14 @@ TRAIN_ARGS = {"full": [], "quick": ["--mct_iterations=1"]}
 
 METHOD_BITS = {
     "full": {"fp_student": [32], "student_probe": [32], "teacher": [32], "quads_mct": [2, 4, 8],
-             "kmeans_ptq": [2, 4, 8], "torch_dynamic_int8": [8], "coremltools_skm": [2, 4, 8],
-             "sequential": [2, 4], "coremltools_dkm": [2, 4, 8], "quads_mct_random_init": [4]},
+             "kmeans_ptq": [2, 4, 8], "kmeans_ptq_linear": [2, 4, 8],
+             "kmeans_ptq_sensitive": [2, 4, 8], "torch_dynamic_int8": [8],
+             "coremltools_skm": [2, 4, 8], "sequential": [2, 4], "coremltools_dkm": [2, 4, 8],
+             "quads_mct_random_init": [4]},
     "quick": {"fp_student": [32], "student_probe": [32], "teacher": [32], "quads_mct": [2],
-              "kmeans_ptq": [2], "torch_dynamic_int8": [8], "coremltools_skm": [2],
-              "sequential": [2], "coremltools_dkm": [2], "quads_mct_random_init": [2]},
+              "kmeans_ptq": [2], "kmeans_ptq_linear": [2], "kmeans_ptq_sensitive": [2],
+              "torch_dynamic_int8": [8], "coremltools_skm": [2], "sequential": [2],
+              "coremltools_dkm": [2], "quads_mct_random_init": [2]},
 }
 """Default bit widths per method, in the order rows are measured (cheap and central first)."""
 
@@ -153,7 +158,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dkm-8bit-kmeans-iters", type=int, default=1,
                         help="kmeans_max_iter from 8 bits up: its maps scale with it (memory)")
     parser.add_argument("--skm-samples", type=int, default=None,
-                        help="SKMPalettizer calibration recordings (default 128; quick 8)")
+                        help="calibration recordings of SKMPalettizer and kmeans_ptq_sensitive "
+                             "(default 128; quick 8)")
     args = parser.parse_args(argv)
     if args.corpus == "slurp_text" and args.corpus_dir is None:
         parser.error("--corpus slurp_text needs --corpus-dir")
@@ -310,9 +316,16 @@ class Benchmark:
                 base.update(gmacs=compute["teacher_gmacs_real_length"],
                             gmacs_30s=compute["teacher_gmacs_30s"])
             result = {**result, "packed_mb": result.pop("size_mb")}
-        elif method == "kmeans_ptq":
-            result = self.cached(seed, key, {"run": run, "seed": seed}, functools.partial(
-                methods.kmeans_ptq, folder, bits, exports, seed))
+        elif method in ("kmeans_ptq", "kmeans_ptq_linear"):
+            init = "linear" if method == "kmeans_ptq_linear" else "optimal"
+            result = self.cached(seed, key, {"run": run, "seed": seed, "init": init},
+                                 functools.partial(methods.kmeans_ptq, folder, bits, exports, seed,
+                                                   init))
+            base["kmeans_init"] = init
+        elif method == "kmeans_ptq_sensitive":
+            settings = {"run": run, "seed": seed, "samples": self.args.skm_samples}
+            result = self.cached(seed, key, settings, functools.partial(
+                methods.kmeans_ptq_sensitive, folder, bits, exports, self.args.skm_samples, seed))
         elif method == "torch_dynamic_int8":
             result = self.cached(seed, key, {"run": run}, functools.partial(
                 methods.dynamic_int8, folder))
