@@ -528,3 +528,84 @@ def test_squared_gradients_and_sensitivity_weighted_clustering():
     assert weighted_error(quantizer) < 0.95 * plain_error  # 0.928 measured
     with pytest.raises(ValueError, match="sensitivity: no quantized module named"):
         quantizer.cluster(sensitivity={"nothing": totals["fc1"]})
+
+
+def test_mixed_widths_export_and_reload_exactly(tmp_path):
+    """``module_bits`` gives modules their own widths; the packed file holds them and reloads
+    bit-exactly; the file size is the fixed part plus each tensor's b-bit indices and codebook."""
+    from speechbrain_quads.codebook.allocation import fixed_bytes, tensor_bytes
+    from speechbrain_quads.codebook.packing import export_packed, load_packed_into
+
+    model = make_model()
+    quantizer = CodebookQuantizer(QuantizationConfig(bits=4, module_bits={"fc1": 2, "conv": 6}))
+    quantizer.prepare(model)
+    fixed = fixed_bytes(quantizer)
+    quantizer.cluster()
+    widths = {name: codebook.bits for name, (_, codebook) in quantizer.modules.items()}
+    assert widths == {"conv": 6, "fc1": 2, "fc2": 4}
+    assert all(codebook.quantized().unique().numel() <= 2**codebook.bits
+               for _, codebook in quantizer.modules.values())
+    report = export_packed(model, tmp_path / "mixed.safetensors")
+    expected = fixed + sum(tensor_bytes(c.indices.numel(), c.groups, c.bits, 4)
+                           for _, c in quantizer.modules.values())
+    assert abs(report.packed_bytes - expected) <= 16  # header digits only
+    loaded = load_packed_into(make_model(seed=5), tmp_path / "mixed.safetensors")
+    inputs = batch()[0]
+    assert torch.equal(loaded(inputs), model(inputs))
+    with pytest.raises(ValueError, match="set_bits: no quantized module named"):
+        CodebookQuantizer(QuantizationConfig(module_bits={"nothing": 2})).prepare(make_model())
+    with pytest.raises(RuntimeError, match="already clustered"):
+        quantizer.set_bits({"fc1": 3})
+
+
+def test_allocation_fits_the_budget_and_is_the_best_choice():
+    """The knapsack's widths minimise the summed error within the budget (checked against every
+    combination) and refuse a budget below the narrowest widths."""
+    import itertools
+
+    from speechbrain_quads.codebook.allocation import allocate_bits
+
+    errors = {"a": {2: 9.0, 4: 3.0, 8: 0.5}, "b": {2: 4.0, 4: 1.0, 8: 0.1},
+              "c": {2: 20.0, 4: 2.0, 8: 1.9}}
+    sizes = {name: {2: 10 * 1024, 4: 20 * 1024, 8: 40 * 1024} for name in errors}
+    for budget in (30 * 1024, 50 * 1024, 70 * 1024, 100 * 1024, 120 * 1024):
+        chosen = allocate_bits(errors, sizes, budget)
+        feasible = [dict(zip(errors, combo, strict=True))
+                    for combo in itertools.product((2, 4, 8), repeat=3)
+                    if sum(sizes[n][b] for n, b in zip(errors, combo, strict=True)) <= budget]
+        best = min(sum(errors[n][b] for n, b in c.items()) for c in feasible)
+        assert sum(errors[n][b] for n, b in chosen.items()) == best
+        assert sum(sizes[n][b] for n, b in chosen.items()) <= budget
+    with pytest.raises(ValueError, match="the narrowest widths take"):
+        allocate_bits(errors, sizes, 29 * 1024)
+
+
+def test_allocation_for_a_target_size_fits_it(tmp_path):
+    """``allocation_for_target``: sensitivity-weighted widths whose packed file is at most the
+    target and within the knapsack's KiB rounding of it."""
+    from speechbrain_quads.codebook.allocation import allocation_for_target
+    from speechbrain_quads.codebook.packing import export_packed
+    from speechbrain_quads.codebook.sensitivity import squared_gradients
+
+    class Wide(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc1, self.fc2, self.fc3 = nn.Linear(64, 512), nn.Linear(512, 512), nn.Linear(512, 8)
+
+        def forward(self, x):
+            return self.fc3(torch.tanh(self.fc2(torch.tanh(self.fc1(x)))))
+
+    model = Wide()
+    quantizer = CodebookQuantizer(QuantizationConfig(bits=8))
+    quantizer.prepare(model)
+    data = [torch.randn(4, 64, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    sensitivity = squared_gradients(quantizer, lambda x: model(x).square().mean(), data)
+    target_mb = 0.2
+    widths = allocation_for_target(quantizer, sensitivity, target_mb)
+    assert len(set(widths.values())) > 1  # mixed
+    quantizer.set_bits(widths)
+    quantizer.cluster(sensitivity=sensitivity)
+    size = export_packed(model, tmp_path / "m.safetensors").packed_bytes
+    assert size <= target_mb * 2**20
+    assert size > target_mb * 2**20 - 3 * 1024 - 2**16  # uses the budget (KiB rounding, a step)

@@ -21,7 +21,7 @@ Pure torch: no SpeechBrain or Whisper import here.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -86,6 +86,8 @@ class QuantizationConfig:
             codebook lands in poor local optima); False re-initialises with ``init``. Not used
             with ``init: optimal``, which solves each refit afresh (near the global optimum).
         clip_percentile: percent of outliers clipped at each end by ``init="range"``.
+        module_bits: ``{module name: bits}``, widths that replace ``bits`` for those modules
+            (mixed precision; see also :mod:`~speechbrain_quads.codebook.allocation`).
     """
 
     bits: int = 8
@@ -101,6 +103,7 @@ class QuantizationConfig:
     recluster: str | bool = "refit"
     warm_start: bool = True
     clip_percentile: float = 0.5
+    module_bits: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("module_types", "include", "exclude"):
@@ -126,6 +129,11 @@ class QuantizationConfig:
                              "true / false for refit / never)")
         if not isinstance(self.warm_start, bool):
             raise ValueError(f"warm_start: expected true or false, got {self.warm_start!r}")
+        self.module_bits = dict(self.module_bits)
+        for name, width in self.module_bits.items():
+            if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= MAX_BITS:
+                raise ValueError(f"module_bits: {name!r}: expected an integer in [1, {MAX_BITS}], "
+                                 f"got {width!r}")
         percentile = self.clip_percentile
         if not isinstance(percentile, (int, float)) or not 0.0 <= percentile < 50.0:
             raise ValueError(f"clip_percentile: expected 0 <= value < 50, got {percentile!r}")
@@ -254,6 +262,21 @@ class CodebookParametrization(nn.Module):
         """Drop cached copies of ``indices`` and ``mode`` (after writes outside autograd)."""
         self._index_cache = None
         self._mode_cache = None
+
+    @torch.no_grad()
+    def resize(self, bits: int) -> None:
+        """Change the index width of a codebook that has not been clustered yet (its centroids
+        and indices are re-created; build optimizers afterwards)."""
+        if int(self.clustered):
+            raise RuntimeError("resize(): the codebook is already clustered")
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
+            raise ValueError(f"bits: expected an integer in [1, {MAX_BITS}], got {bits!r}")
+        self.bits = bits
+        factory = {"device": self.centroids.device}
+        self.centroids = nn.Parameter(torch.zeros(self.groups, 2**bits,
+                                                  dtype=self.centroids.dtype, **factory))
+        self.indices = torch.zeros(self.indices.shape, dtype=index_dtype(bits), **factory)
+        self.invalidate()
 
     @torch.no_grad()
     def reassign(self, latent: torch.Tensor) -> None:
@@ -392,7 +415,18 @@ class CodebookQuantizer:
             parametrize.register_parametrization(module, "weight", codebook)
             self.modules[name] = (module, codebook)
         self.model = model
+        self.set_bits(self.config.module_bits)
         return self.quantized_names
+
+    def set_bits(self, widths: dict[str, int]) -> None:
+        """Give the named quantized modules their own index widths (mixed precision) before
+        the first clustering; unknown names raise ValueError naming them."""
+        modules = self._attached("set_bits")
+        unknown = sorted(set(widths) - set(modules))
+        if unknown:
+            raise ValueError(f"set_bits: no quantized module named {unknown[:3]}")
+        for name, bits in widths.items():
+            modules[name][1].resize(bits)
 
     def _attached(self, verb: str) -> dict[str, tuple[nn.Module, CodebookParametrization]]:
         """The quantized modules, or RuntimeError naming ``verb`` if not prepared."""

@@ -1,0 +1,122 @@
+"""Bits where they matter: a width per quantized tensor so the packed model fits a size budget.
+
+Each tensor's candidate widths are scored by the sensitivity-weighted squared error of its
+(near-optimal) k-means codebook at that width, ``sum(s * (w - Q_b(w))**2)`` with ``s`` the
+squared gradients of a calibration pass (:mod:`~speechbrain_quads.codebook.sensitivity`); the
+widths minimising the total error under the byte budget are found exactly by a multiple-choice
+knapsack over kibibytes. Pure torch and numpy.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from speechbrain_quads.codebook.kmeans import kmeans_1d
+from speechbrain_quads.codebook.packing import size_report
+from speechbrain_quads.codebook.quantization import CodebookQuantizer, quantized_modules
+
+CANDIDATE_BITS = (2, 3, 4, 5, 6, 8)
+"""Widths :func:`allocate_bits` chooses from by default."""
+
+
+def tensor_bytes(numel: int, groups: int, bits: int, codebook_bytes: int = 4) -> int:
+    """Packed bytes of one quantized tensor: its b-bit indices and its codebooks' entries."""
+    return math.ceil(numel * bits / 8) + groups * 2**bits * codebook_bytes
+
+
+def quantization_errors(quantizer: CodebookQuantizer, sensitivity: Mapping[str, torch.Tensor],
+                        candidate_bits: Sequence[int] = CANDIDATE_BITS
+                        ) -> dict[str, dict[int, float]]:
+    """``{module: {bits: sum(s * (w - Q_bits(w))**2)}}`` for every tensor of ``quantizer``
+    (its ``init`` k-means weighted by ``s``, one codebook per group as configured)."""
+    errors = {}
+    for name, (module, codebook) in quantizer.modules.items():
+        latent = module.parametrizations["weight"].original.detach()
+        values = latent.reshape(codebook.groups, -1).double().cpu()
+        weights = sensitivity[name].reshape(codebook.groups, -1).double().cpu()
+        errors[name] = {}
+        for bits in candidate_bits:
+            centroids, indices = kmeans_1d(values, 2**bits, init=quantizer.config.init,
+                                           iters=quantizer.config.kmeans_iters, weights=weights)
+            error = weights * (values - centroids.gather(1, indices)).square()
+            errors[name][bits] = float(error.sum())
+    return errors
+
+
+def fixed_bytes(quantizer: CodebookQuantizer) -> int:
+    """Packed bytes of everything but the quantized tensors' indices and codebooks (the other
+    tensors, the header): the file size of a 1-bit copy of the quantizer's model minus its
+    quantized tensors' bytes."""
+    copied = copy.deepcopy(quantizer.model)
+    quantized = quantized_modules(copied)
+    for position, (module, codebook) in enumerate(quantized.values()):
+        codebook.resize(1)
+        codebook.fit(module.parametrizations["weight"].original, quantizer.config, position)
+    return size_report(copied).packed_bytes - sum(
+        tensor_bytes(codebook.indices.numel(), codebook.groups, 1,
+                     codebook.centroids.element_size()) for _, codebook in quantized.values())
+
+
+def allocate_bits(errors: Mapping[str, Mapping[int, float]], sizes: Mapping[str, Mapping[int, int]],
+                  budget_bytes: int) -> dict[str, int]:
+    """The width of each tensor minimising the summed error with the summed size within budget.
+
+    Args:
+        errors: ``{tensor: {bits: error}}``.
+        sizes: ``{tensor: {bits: packed bytes}}``, the same keys.
+        budget_bytes: what the quantized tensors may take together.
+
+    Returns:
+        ``{tensor: bits}``; sizes are rounded up to whole KiB in the search, so the result
+        always fits.
+
+    Raises:
+        ValueError: when even the narrowest widths do not fit, naming the smallest size.
+    """
+    names = list(errors)
+    capacity = max(budget_bytes // 1024, 0)
+    smallest = sum(min(sizes[n].values()) for n in names)
+    best = np.zeros(capacity + 1)  # least error within each capacity, no tensor placed yet
+    choices = []
+    for name in names:
+        options = sorted(errors[name])
+        table = np.full(capacity + 1, np.inf)
+        pick = np.full(capacity + 1, -1)
+        for index, bits in enumerate(options):
+            cost = math.ceil(sizes[name][bits] / 1024)
+            if cost > capacity:
+                continue
+            shifted = np.full(capacity + 1, np.inf)
+            shifted[cost:] = best[: capacity + 1 - cost] + errors[name][bits]
+            better = shifted < table
+            table[better], pick[better] = shifted[better], index
+        choices.append((name, options, pick))
+        best = table
+    if not np.isfinite(best[capacity]):
+        raise ValueError(f"target: the narrowest widths take {smallest / 2**20:.3f} MiB, more "
+                         f"than the {budget_bytes / 2**20:.3f} MiB left for quantized tensors")
+    chosen, room = {}, capacity
+    for name, options, pick in reversed(choices):
+        bits = options[pick[room]]
+        chosen[name] = bits
+        room -= math.ceil(sizes[name][bits] / 1024)
+    return {name: chosen[name] for name in names}
+
+
+def allocation_for_target(quantizer: CodebookQuantizer,
+                          sensitivity: Mapping[str, torch.Tensor], target_mb: float,
+                          candidate_bits: Sequence[int] = CANDIDATE_BITS) -> dict[str, int]:
+    """Widths for every tensor of ``quantizer`` (prepared, not necessarily clustered) so the
+    packed file takes at most ``target_mb`` MiB, the sensitivity-weighted error minimised."""
+    budget = int(target_mb * 2**20) - fixed_bytes(quantizer)
+    errors = quantization_errors(quantizer, sensitivity, candidate_bits)
+    sizes = {name: {bits: tensor_bytes(codebook.indices.numel(), codebook.groups, bits,
+                                       codebook.centroids.element_size())
+                    for bits in candidate_bits}
+             for name, (_, codebook) in quantizer.modules.items()}
+    return allocate_bits(errors, sizes, budget)
