@@ -15,7 +15,8 @@ Same data, same student (Whisper tiny.en), same teacher (Whisper base) for every
   quantization; ``quads_mct_random_init``: QUADS from a randomly initialised student.
 - ``kmeans_ptq`` (the engine's default ``optimal`` k-means), ``kmeans_ptq_linear`` (the former
   ``linear`` default), ``kmeans_ptq_sensitive`` (k-means weighted by squared gradients over the
-  SKM calibration recordings), ``torch_dynamic_int8``, ``coremltools_skm``,
+  SKM calibration recordings), ``kmeans_ptq_mixed`` (the same, a width per tensor, at most the
+  size of the uniform ``bits``-bit file), ``torch_dynamic_int8``, ``coremltools_skm``,
   ``coremltools_dkm``: applied to the fp student (``benchmarks/methods.py``).
 
 Every finished row is merged into ``--output``/results.json at once (atomic write under a lock:
@@ -75,11 +76,13 @@ TRAIN_ARGS = {"full": [], "quick": ["--mct_iterations=1"]}
 METHOD_BITS = {
     "full": {"fp_student": [32], "student_probe": [32], "teacher": [32], "quads_mct": [2, 4, 8],
              "kmeans_ptq": [2, 4, 8], "kmeans_ptq_linear": [2, 4, 8],
-             "kmeans_ptq_sensitive": [2, 4, 8], "torch_dynamic_int8": [8],
+             "kmeans_ptq_sensitive": [2, 4, 8], "kmeans_ptq_mixed": [2, 3, 4],
+             "torch_dynamic_int8": [8],
              "coremltools_skm": [2, 4, 8], "sequential": [2, 4], "coremltools_dkm": [2, 4, 8],
              "quads_mct_random_init": [4]},
     "quick": {"fp_student": [32], "student_probe": [32], "teacher": [32], "quads_mct": [2],
               "kmeans_ptq": [2], "kmeans_ptq_linear": [2], "kmeans_ptq_sensitive": [2],
+              "kmeans_ptq_mixed": [2],
               "torch_dynamic_int8": [8], "coremltools_skm": [2], "sequential": [2],
               "coremltools_dkm": [2], "quads_mct_random_init": [2]},
 }
@@ -322,10 +325,11 @@ class Benchmark:
                                  functools.partial(methods.kmeans_ptq, folder, bits, exports, seed,
                                                    init))
             base["kmeans_init"] = init
-        elif method == "kmeans_ptq_sensitive":
+        elif method in ("kmeans_ptq_sensitive", "kmeans_ptq_mixed"):
             settings = {"run": run, "seed": seed, "samples": self.args.skm_samples}
+            function = getattr(methods, method)
             result = self.cached(seed, key, settings, functools.partial(
-                methods.kmeans_ptq_sensitive, folder, bits, exports, self.args.skm_samples, seed))
+                function, folder, bits, exports, self.args.skm_samples, seed))
         elif method == "torch_dynamic_int8":
             result = self.cached(seed, key, {"run": run}, functools.partial(
                 methods.dynamic_int8, folder))

@@ -4,7 +4,7 @@ Each tensor's candidate widths are scored by the sensitivity-weighted squared er
 (near-optimal) k-means codebook at that width, ``sum(s * (w - Q_b(w))**2)`` with ``s`` the
 squared gradients of a calibration pass (:mod:`~speechbrain_quads.codebook.sensitivity`); the
 widths minimising the total error under the byte budget are found exactly by a multiple-choice
-knapsack over kibibytes. Pure torch and numpy.
+knapsack over bytes. Pure torch and numpy.
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ from speechbrain_quads.codebook.packing import size_report
 from speechbrain_quads.codebook.quantization import CodebookQuantizer, quantized_modules
 
 CANDIDATE_BITS = (2, 3, 4, 5, 6, 8)
-"""Widths :func:`allocate_bits` chooses from by default."""
+"""Widths :func:`allocation_for_target` chooses from by default."""
+
+MAX_UNITS = 1_000_000
+"""Largest byte budget, in search units, that :func:`allocate_bits` tabulates."""
 
 
 def tensor_bytes(numel: int, groups: int, bits: int, codebook_bytes: int = 4) -> int:
@@ -72,14 +75,18 @@ def allocate_bits(errors: Mapping[str, Mapping[int, float]], sizes: Mapping[str,
         budget_bytes: what the quantized tensors may take together.
 
     Returns:
-        ``{tensor: bits}``; sizes are rounded up to whole KiB in the search, so the result
-        always fits.
+        ``{tensor: bits}``. The search counts bytes in units of the sizes' greatest common
+        divisor (exact; 8 bytes for Whisper's tensors), or, when that would make more than
+        :data:`MAX_UNITS` units, in coarser units with sizes rounded up: the result always fits.
 
     Raises:
         ValueError: when even the narrowest widths do not fit, naming the smallest size.
     """
     names = list(errors)
-    capacity = max(budget_bytes // 1024, 0)
+    unit = math.gcd(*(size for n in names for size in sizes[n].values()))
+    if budget_bytes // unit > MAX_UNITS:
+        unit = math.ceil(budget_bytes / MAX_UNITS)
+    capacity = max(budget_bytes // unit, 0)
     smallest = sum(min(sizes[n].values()) for n in names)
     best = np.zeros(capacity + 1)  # least error within each capacity, no tensor placed yet
     choices = []
@@ -88,7 +95,7 @@ def allocate_bits(errors: Mapping[str, Mapping[int, float]], sizes: Mapping[str,
         table = np.full(capacity + 1, np.inf)
         pick = np.full(capacity + 1, -1)
         for index, bits in enumerate(options):
-            cost = math.ceil(sizes[name][bits] / 1024)
+            cost = math.ceil(sizes[name][bits] / unit)
             if cost > capacity:
                 continue
             shifted = np.full(capacity + 1, np.inf)
@@ -104,7 +111,7 @@ def allocate_bits(errors: Mapping[str, Mapping[int, float]], sizes: Mapping[str,
     for name, options, pick in reversed(choices):
         bits = options[pick[room]]
         chosen[name] = bits
-        room -= math.ceil(sizes[name][bits] / 1024)
+        room -= math.ceil(sizes[name][bits] / unit)
     return {name: chosen[name] for name in names}
 
 
