@@ -1,5 +1,6 @@
 """QUADS Brains end to end on synthesized speech: learning, teacher cache, resume, DDP."""
 
+import json
 import math
 import os
 import subprocess
@@ -214,8 +215,8 @@ def test_bf16_mixed_precision_mct_trains_the_codebook(tmp_path, corpus, tiny_dir
         (brain.modules.classifier.training, (out := classifier_forward(*a)).dtype)) or out
     cluster = brain.quantizer.cluster
 
-    def recording_cluster():
-        cluster()
+    def recording_cluster(**kwargs):
+        cluster(**kwargs)
         clustered.update(codebooks(brain))
 
     brain.quantizer.cluster = recording_cluster
@@ -271,6 +272,39 @@ def test_distillation_through_the_quantizer(tmp_path, corpus, tiny_dir, base_dir
                            .flatten())  # and trained there
     log = (tmp_path / "train_log.txt").read_text().splitlines()
     assert len(log) == 2 and all("nan" not in line for line in log)
+
+
+def test_size_target_gives_mixed_widths_that_fit_and_survive_resume(tmp_path, corpus, tiny_dir,
+                                                                    base_dir):
+    """``target_mb`` (the uniform 3-bit size): calibration, a width per tensor stored in
+    bit_widths.json, a sensitivity-weighted first clustering; the packed model fits the target;
+    a resumed run re-uses the stored widths and loads its checkpoint into them."""
+    from speechbrain_quads.codebook.allocation import fixed_bytes, tensor_bytes
+    from speechbrain_quads.codebook.packing import size_report
+
+    overrides = {"mct_iterations": 1, "final_quant_epochs": 0}
+    probe, _ = make_brain(tmp_path / "probe", tiny_dir, base_dir, overrides)
+    target = (fixed_bytes(probe.quantizer) + sum(
+        tensor_bytes(c.indices.numel(), c.groups, 3, 4)
+        for _, c in probe.quantizer.modules.values())) / 2**20
+    settings = {**overrides, "target_mb": target, "sensitivity_samples": 4}
+    brain, hparams = make_brain(tmp_path / "run", tiny_dir, base_dir, settings)
+    fit(brain, hparams, corpus[1])
+    stored = json.loads((tmp_path / "run" / "save" / "bit_widths.json").read_text())
+    widths = {name: codebook.bits for name, (_, codebook) in brain.quantizer.modules.items()}
+    assert stored == {"target_mb": target, "widths": widths}
+    assert len(set(widths.values())) > 1 and brain.sensitivity is not None
+    assert size_report(brain.deployable).packed_bytes <= target * 2**20
+    again, hparams_again = make_brain(tmp_path / "run", tiny_dir, base_dir, settings)
+    fit(again, hparams_again, corpus[1])  # finished: recovers the last checkpoint only
+    assert {n: c.bits for n, (_, c) in again.quantizer.modules.items()} == widths
+    assert again.sensitivity is None  # the stored widths needed no calibration
+    for name, (_, codebook) in again.quantizer.modules.items():
+        torch.testing.assert_close(codebook.centroids, brain.quantizer.modules[name][1].centroids)
+    with pytest.raises(ValueError, match="bit_widths.json: widths for target_mb"):
+        other, hparams_other = make_brain(tmp_path / "run", tiny_dir, base_dir,
+                                          {**settings, "target_mb": target / 2})
+        fit(other, hparams_other, corpus[1])
 
 
 def test_length_changing_augmentation_is_refused(tmp_path, corpus, tiny_dir, base_dir):

@@ -36,6 +36,7 @@ then restores ``step > 0``) does not repeat them: it only re-applies the per-epo
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import speechbrain as sb
 import torch
@@ -43,6 +44,7 @@ import torch
 from speechbrain_quads.codebook.packing import size_report
 from speechbrain_quads.evaluation.metrics import accuracy, macro_f1
 from speechbrain_quads.models.features import lengths_to_samples
+from speechbrain_quads.training.calibration import brain_sensitivity, load_or_allocate_widths
 from speechbrain_quads.training.losses import (
     centroid_loss,
     classification_loss,
@@ -229,7 +231,11 @@ class QuantizationBrain(PhaseBrain):
     hparams used: ``quantizer`` (CodebookQuantizer, prepared here), ``quant_opt_class``
     (``!name:`` optimizer taking param groups), ``quant_lr`` (codebooks and the other body
     tensors) and optional ``quant_lr_head`` (``HEAD_MODULES``), both with cosine decay over each
-    quantization phase, and ``centroid_weight``.
+    quantization phase, and ``centroid_weight``. Optional: ``sensitivity_samples`` (default 0:
+    the first clustering is plain k-means; N: k-means weighted by squared gradients of the
+    validation loss over N training recordings) and ``target_mb`` (default null: every tensor
+    at ``bits``; a size in MiB: a width per tensor from those sensitivities, so the packed model
+    fits it, stored in ``<save_folder>/bit_widths.json`` and re-used on resume).
     """
 
     def __init__(self, *args, **kwargs):
@@ -237,6 +243,38 @@ class QuantizationBrain(PhaseBrain):
         self.quantizer = self.hparams.quantizer
         self.quantizer.prepare(self.deployable)
         self.latent_power: torch.Tensor | None = None
+        self.sensitivity: dict[str, torch.Tensor] | None = None
+        self._calibration_set = None
+
+    def fit(self, epoch_counter, train_set, valid_set=None, *args, **kwargs):
+        """Before SpeechBrain's fit (so checkpoints load into the right shapes): the widths of
+        ``target_mb``; the calibration recordings for a sensitivity-weighted first clustering."""
+        self._calibration_set = train_set
+        target = getattr(self.hparams, "target_mb", None)
+        if target is not None:
+            widths = load_or_allocate_widths(
+                Path(self.hparams.save_folder) / "bit_widths.json", self.quantizer,
+                float(target), self.calibration_sensitivity)
+            self.quantizer.set_bits(widths)
+        super().fit(epoch_counter, train_set, valid_set, *args, **kwargs)
+
+    def calibration_sensitivity(self) -> dict[str, torch.Tensor]:
+        """Squared gradients over ``sensitivity_samples`` (at least 32 when a size target
+        needs them) training recordings, computed once."""
+        if self.sensitivity is None:
+            samples = int(getattr(self.hparams, "sensitivity_samples", 0)) or 32
+            self.sensitivity = brain_sensitivity(self, self.quantizer, self._calibration_set,
+                                                 samples, seed=getattr(self.hparams, "seed", 0))
+        return self.sensitivity
+
+    def cluster_codebooks(self) -> None:
+        """Cluster (or re-cluster) the codebooks; the first clustering is weighted by the
+        calibration sensitivities when ``sensitivity_samples`` or ``target_mb`` is set."""
+        weighted = (getattr(self.hparams, "sensitivity_samples", 0)
+                    or getattr(self.hparams, "target_mb", None) is not None)
+        first = not self.quantizer.clustered
+        self.quantizer.cluster(
+            sensitivity=self.calibration_sensitivity() if weighted and first else None)
 
     def build_plan(self, epochs: int) -> PhasePlan:
         """Every epoch quantizes."""
@@ -275,7 +313,7 @@ class QuantizationBrain(PhaseBrain):
         every quantization epoch: freeze the latents, set the cosine learning rates."""
         if phase.kind == QUANT:
             if phase.starts_phase and not resumed:
-                self.quantizer.cluster()
+                self.cluster_codebooks()
                 self.quantizer.set_mode("train")
                 self.optimizers_dict[QUANT].state.clear()
             for latent in self.latents():
@@ -350,7 +388,7 @@ class MCTBrain(QuantizationBrain, DistillationBrain):
                     if self.quantizer.clustered:
                         self.quantizer.reassign()
                     else:
-                        self.quantizer.cluster()
+                        self.cluster_codebooks()
                     self.quantizer.set_mode("ste")
                 elif self.quantizer.mode != "off":
                     self.quantizer.set_mode("off")

@@ -1,0 +1,76 @@
+"""Calibration for a Brain's codebooks: weight sensitivities from training recordings and the
+per-tensor widths of a size target, kept in the experiment folder so a resumed run rebuilds the
+same codebook shapes before its checkpoint is loaded."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+import speechbrain as sb
+import torch
+from speechbrain.dataio.batch import PaddedBatch
+from torch.utils.data import DataLoader
+
+from speechbrain_quads.codebook.allocation import allocation_for_target
+from speechbrain_quads.codebook.quantization import CodebookQuantizer
+from speechbrain_quads.codebook.sensitivity import squared_gradients
+
+
+def brain_sensitivity(brain: sb.Brain, quantizer: CodebookQuantizer, dataset,
+                      samples: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Squared gradients of the Brain's own validation loss over ``samples`` shuffled
+    recordings of ``dataset`` (one per batch, modules in eval mode, on the Brain's device).
+    Every parameter's gradient is cleared afterwards and the Brain's tally reset."""
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(dataset, batch_size=1, shuffle=True, generator=generator,
+                        collate_fn=PaddedBatch)
+
+    def loss_of(batch) -> torch.Tensor:
+        predictions = brain.compute_forward(batch, sb.Stage.VALID)
+        return brain.compute_objectives(predictions, batch, sb.Stage.VALID)
+
+    brain.modules.eval()
+    try:
+        return squared_gradients(quantizer, loss_of, itertools.islice(loader, samples))
+    finally:
+        brain.modules.train()
+        for parameter in brain.modules.parameters():  # no calibration gradient reaches a step
+            parameter.grad = None
+        tally = getattr(brain, "tally", None)
+        if tally is not None:
+            tally.reset()
+
+
+def load_or_allocate_widths(path: Path, quantizer: CodebookQuantizer, target_mb: float,
+                            sensitivity: Callable[[], dict[str, torch.Tensor]]) -> dict[str, int]:
+    """The widths stored in ``path`` for ``target_mb``, or new ones (``allocation_for_target``
+    on ``sensitivity()``) written there atomically.
+
+    Raises:
+        ValueError: ``path`` holds widths for another target or other modules (named).
+    """
+    path = Path(path)
+    if path.is_file():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored.get("target_mb") != target_mb or set(stored.get("widths", {})) != set(
+                quantizer.modules):
+            raise ValueError(f"{path}: widths for target_mb {stored.get('target_mb')} and "
+                             f"{len(stored.get('widths', {}))} modules, but this run has "
+                             f"target_mb {target_mb} and {len(quantizer.modules)} modules; "
+                             "use another output folder")
+        return {name: int(bits) for name, bits in stored["widths"].items()}
+    widths = allocation_for_target(quantizer, sensitivity(), target_mb)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        temporary.write_text(json.dumps({"target_mb": target_mb, "widths": widths}, indent=1)
+                             + "\n", encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return widths
