@@ -307,6 +307,35 @@ def test_size_target_gives_mixed_widths_that_fit_and_survive_resume(tmp_path, co
         fit(other, hparams_other, corpus[1])
 
 
+def test_logit_distillation_fits_a_teacher_head_and_checkpoints_it(tmp_path, corpus, tiny_dir,
+                                                                   base_dir):
+    """``logit_distill_weight``: a teacher intent head (a probe on the frozen teacher) is fitted
+    before training, its soft-target term is logged in distillation epochs only, and a resumed
+    run recovers the same head from the checkpoint instead of fitting it again."""
+    settings = {"mct_iterations": 1, "final_quant_epochs": 0, "logit_distill_weight": 0.5}
+    brain, hparams = make_brain(tmp_path, tiny_dir, base_dir, settings)
+    fit(brain, hparams, corpus[1])
+    head = {k: v.clone() for k, v in brain.teacher_head.state_dict().items()}
+    assert head["std"].shape == (512,) and not torch.equal(head["mean"], torch.zeros(512))
+    log = (tmp_path / "train_log.txt").read_text().splitlines()
+    assert "train kd" in log[0] and "train kd" not in log[1], log
+    kd = float(log[0].split("train kd: ")[1].split(",")[0])
+    assert math.isfinite(kd) and kd > 0
+    again, hparams_again = make_brain(tmp_path, tiny_dir, base_dir, settings)
+    fitted = []
+    import speechbrain_quads.training.brains as brains
+
+    original = brains.fit_probe
+    brains.fit_probe = lambda *a, **k: fitted.append(1) or original(*a, **k)
+    try:
+        fit(again, hparams_again, corpus[1])
+    finally:
+        brains.fit_probe = original
+    assert not fitted
+    for key, value in again.teacher_head.state_dict().items():
+        assert torch.equal(value, head[key]), key
+
+
 def test_length_changing_augmentation_is_refused(tmp_path, corpus, tiny_dir, base_dir):
     brain, hparams = make_brain(tmp_path, tiny_dir, base_dir)
     brain.phase = hparams["phase_plan"][1]  # a distillation epoch

@@ -96,3 +96,31 @@ def test_centroid_term_is_relative_and_float32_under_bf16_autocast():
         ce = classification_loss(torch.randn(3, 4).to(torch.bfloat16), torch.tensor([0, 1, 2]))
     assert value.dtype == torch.float32 and ce.dtype == torch.float32
     assert value.item() == pytest.approx(expected, rel=1e-3)
+
+
+def test_logit_distillation_is_hinton_kl_with_its_gradient():
+    """``T**2 * KL(p_teacher || p_student)`` at temperature T: 0 for equal logits, the closed
+    form on known logits, and a gradient that matches finite differences."""
+    from speechbrain_quads.training.losses import logit_distillation_loss
+
+    same = torch.tensor([[1.0, 2.0, 0.5]])
+    assert logit_distillation_loss(same, same, 2.0).item() == pytest.approx(0.0, abs=1e-7)
+    student = torch.tensor([[0.0, 1.0, -1.0], [2.0, 0.0, 0.0]], dtype=torch.float64,
+                           requires_grad=True)
+    teacher = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 3.0]], dtype=torch.float64)
+    p = torch.softmax(teacher / 3.0, dim=-1)
+    q = torch.softmax(student.detach() / 3.0, dim=-1)
+    expected = 9.0 * (p * (p.log() - q.log())).sum(dim=-1).mean()
+    loss = logit_distillation_loss(student, teacher, 3.0)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    loss.backward()
+    step = 1e-2  # central differences; the loss is computed in float32
+    for index in [(0, 0), (1, 2)]:
+        up, down = student.detach().clone(), student.detach().clone()
+        up[index] += step
+        down[index] -= step
+        numeric = (logit_distillation_loss(up, teacher, 3.0)
+                   - logit_distillation_loss(down, teacher, 3.0)) / (2 * step)
+        assert student.grad[index].item() == pytest.approx(numeric.item(), rel=2e-3)
+    with pytest.raises(ValueError, match="logit_temperature must be positive"):
+        logit_distillation_loss(same, same, 0.0)

@@ -44,6 +44,7 @@ import torch
 from speechbrain_quads.codebook.packing import size_report
 from speechbrain_quads.evaluation.metrics import accuracy, macro_f1
 from speechbrain_quads.models.features import lengths_to_samples
+from speechbrain_quads.models.heads import masked_mean
 from speechbrain_quads.training.calibration import brain_sensitivity, load_or_allocate_widths
 from speechbrain_quads.training.losses import (
     centroid_loss,
@@ -51,9 +52,11 @@ from speechbrain_quads.training.losses import (
     distillation_objective,
     distilled_task_loss,
     latent_power,
+    logit_distillation_loss,
     quantization_objective,
 )
 from speechbrain_quads.training.phase_brain import PhaseBrain, codebook_ids
+from speechbrain_quads.training.probe import ProbeHead, fit_probe, pooled_features
 from speechbrain_quads.training.schedule import DISTILL, QUANT, EpochPhase, PhasePlan
 
 
@@ -62,9 +65,12 @@ class DistillationBrain(PhaseBrain):
 
     hparams used: ``alpha``, ``distill_opt_class`` (``!name:`` optimizer taking param groups),
     ``distill_lr_encoder``, ``distill_lr_head``, ``train_logger``, optional ``teacher_cache``
-    (TeacherCache) and ``augmentation`` (callable (wavs, lens) -> (wavs, lens) applied to the
+    (TeacherCache), ``augmentation`` (callable (wavs, lens) -> (wavs, lens) applied to the
     student's input only; it must keep the length: the teacher sees the clean waveform and its
-    features are compared frame by frame).
+    features are compared frame by frame) and ``logit_distill_weight`` (default 0) with
+    ``logit_temperature`` (default 2): a soft-target term towards a teacher intent head, a
+    linear probe fitted on the frozen teacher's pooled last hidden state over the training set
+    before the first epoch and checkpointed with the run.
     """
 
     HEAD_MODULES = ("classifier", "distill")
@@ -74,6 +80,29 @@ class DistillationBrain(PhaseBrain):
         self.cache = getattr(self.hparams, "teacher_cache", None)
         if self.cache is not None and "teacher" in self.modules:
             self.cache.bind(self.modules.teacher)
+        self.teacher_head: ProbeHead | None = None
+
+    @property
+    def logit_weight(self) -> float:
+        """``logit_distill_weight`` (0: no logit distillation)."""
+        return float(getattr(self.hparams, "logit_distill_weight", 0.0) or 0.0)
+
+    def fit(self, epoch_counter, train_set, valid_set=None, *args, **kwargs):
+        """With logit distillation: the teacher's intent head, fitted now or (for a run with a
+        checkpoint) recovered from it."""
+        if self.logit_weight > 0 and self.teacher_head is None:
+            n_classes = self.modules.classifier.n_intents
+            if self.checkpointer is not None and self.checkpointer.find_checkpoint() is not None:
+                width = self.modules.teacher.output_size
+                self.teacher_head = ProbeHead(width, n_classes).requires_grad_(False)
+            else:
+                features, labels = pooled_features(self.modules.teacher.eval(), train_set)
+                self.teacher_head = fit_probe(features, labels, n_classes,
+                                              seed=getattr(self.hparams, "seed", 0))
+            self.teacher_head.to(self.device)
+            if self.checkpointer is not None:
+                self.checkpointer.add_recoverable("teacher_head", self.teacher_head)
+        super().fit(epoch_counter, train_set, valid_set, *args, **kwargs)
 
     def build_plan(self, epochs: int) -> PhasePlan:
         """Every epoch distils."""
@@ -163,7 +192,13 @@ class DistillationBrain(PhaseBrain):
         if teacher is None:  # evaluation: no teacher needed
             return {"loss": ce, "ce": ce}
         l1 = self.modules.distill(hidden, teacher, lens)
-        return {"loss": distillation_objective(self.hparams.alpha, l1, ce), "l1": l1, "ce": ce}
+        terms = {"loss": distillation_objective(self.hparams.alpha, l1, ce), "l1": l1, "ce": ce}
+        if self.logit_weight > 0:
+            target = self.teacher_head(masked_mean(teacher[-1], lens))
+            terms["kd"] = logit_distillation_loss(
+                logits, target, float(getattr(self.hparams, "logit_temperature", 2.0)))
+            terms["loss"] = terms["loss"] + self.logit_weight * terms["kd"]
+        return terms
 
     def compute_objectives(self, predictions, batch, stage):
         """The step's loss; the tally keeps its terms and the predictions for the metrics."""

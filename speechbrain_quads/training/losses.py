@@ -111,6 +111,19 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
     return nn.functional.cross_entropy(logits.float(), targets)
 
 
+def logit_distillation_loss(student: torch.Tensor, teacher: torch.Tensor,
+                            temperature: float) -> torch.Tensor:
+    """``T**2 * KL(softmax(teacher / T) || softmax(student / T))`` of (B, K) logits, averaged over
+    the batch, in float32 (0-dim); Hinton et al.'s soft-target term (``T**2`` keeps its gradient
+    scale independent of the temperature)."""
+    if temperature <= 0:
+        raise ValueError(f"logit_temperature must be positive, got {temperature}")
+    log_student = nn.functional.log_softmax(student.float() / temperature, dim=-1)
+    log_teacher = nn.functional.log_softmax(teacher.float() / temperature, dim=-1)
+    return temperature**2 * nn.functional.kl_div(log_student, log_teacher, log_target=True,
+                                                 reduction="batchmean")
+
+
 def distillation_objective(alpha: float, l1: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:
     """The distillation phase's loss: ``alpha * L1 + (1 - alpha) * CE``."""
     if not 0.0 <= alpha <= 1.0:

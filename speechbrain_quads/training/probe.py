@@ -32,6 +32,37 @@ def pooled_features(encoder: torch.nn.Module, dataset, batch_size: int = 16) -> 
     return torch.cat(feats), torch.cat(labels)
 
 
+class ProbeHead(torch.nn.Module):
+    """Standardisation with training statistics + a linear layer: pooled (B, C) -> (B, K)."""
+
+    def __init__(self, input_size: int, n_classes: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(input_size))
+        self.register_buffer("std", torch.ones(input_size))
+        self.linear = torch.nn.Linear(input_size, n_classes)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.linear((pooled - self.mean) / self.std)
+
+
+def fit_probe(features: torch.Tensor, labels: torch.Tensor, n_classes: int, steps: int = 500,
+              lr: float = 0.01, weight_decay: float = 1e-3, seed: int = 0) -> ProbeHead:
+    """A :class:`ProbeHead` trained by full-batch Adam on (N, C) features and (N,) labels."""
+    generator = torch.Generator().manual_seed(seed)
+    head = ProbeHead(features.shape[1], n_classes)
+    with torch.no_grad():
+        head.mean.copy_(features.mean(dim=0))
+        head.std.copy_(features.std(dim=0).clamp(min=1e-6))
+        head.linear.weight.normal_(0.0, 0.01, generator=generator)
+        head.linear.bias.zero_()
+    optimizer = torch.optim.Adam(head.linear.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(head(features), labels).backward()
+        optimizer.step()
+    return head.requires_grad_(False)
+
+
 def linear_probe(train: tuple, test: tuple, n_classes: int, steps: int = 500, lr: float = 0.01,
                  weight_decay: float = 1e-3, seed: int = 0) -> dict[str, float]:
     """Train a linear classifier on ``train`` = (features (N, C), labels (N,)); score ``test``.
@@ -41,20 +72,8 @@ def linear_probe(train: tuple, test: tuple, n_classes: int, steps: int = 500, lr
     dict
         ``accuracy`` and ``macro_f1`` on the test features, in [0, 1].
     """
-    generator = torch.Generator().manual_seed(seed)
-    train_x, train_y = train
-    mean, std = train_x.mean(dim=0), train_x.std(dim=0).clamp(min=1e-6)
-    layer = torch.nn.Linear(train_x.shape[1], n_classes)
+    head = fit_probe(*train, n_classes, steps=steps, lr=lr, weight_decay=weight_decay, seed=seed)
     with torch.no_grad():
-        layer.weight.normal_(0.0, 0.01, generator=generator)
-        layer.bias.zero_()
-    optimizer = torch.optim.Adam(layer.parameters(), lr=lr, weight_decay=weight_decay)
-    inputs = (train_x - mean) / std
-    for _ in range(steps):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(layer(inputs), train_y).backward()
-        optimizer.step()
-    with torch.no_grad():
-        predicted = layer((test[0] - mean) / std).argmax(dim=-1).tolist()
+        predicted = head(test[0]).argmax(dim=-1).tolist()
     truth = test[1].tolist()
     return {"accuracy": accuracy(predicted, truth), "macro_f1": macro_f1(predicted, truth)}
