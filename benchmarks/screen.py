@@ -6,12 +6,20 @@
     python benchmarks/screen.py --corpus-dir results/slurp_text_corpus \
         --name fp_default --from-run results/benchmark/slurp_text/runs/seed1/fp_student
 
+    python benchmarks/screen.py --corpus-dir results/slurp_text_corpus --study schedule
+
 A variant is a recipe hparams file plus ``train.py`` overrides (after ``--``); ``--from-run``
 scores a finished run instead (e.g. a benchmark row's, as the baseline). Each variant's exported
 model is scored on the valid split (per recording, so two variants pair up for an exact McNemar
 test) and its test predictions are kept but not shown: variants are chosen on valid, and only
 the chosen configuration is confirmed on test (``benchmarks/run.py``), so the test split never
 picks a knob.
+
+``--study NAME`` screens every variant of a preset (:data:`STUDIES`) not yet in the output, one
+after the other: ``schedule`` is the paper's third open question at 4 bits (MCT rounds 3 and 7
+with 1-epoch phases, 3 rounds of 2-epoch phases; 5 rounds of 1 epoch is the recipe default,
+screened as ``--from-run`` of the benchmark's run); ``codebook`` the codebook knobs of issue 13
+one at a time and together.
 
 Rows go to ``--output`` (default ``benchmarks/screening.json``, merged under a lock, written as
 each run finishes, so screens can run side by side and across sittings): ``name``, ``hparams``,
@@ -42,6 +50,30 @@ import report  # noqa: E402
 
 from speechbrain_quads.evaluation.stats import clopper_pearson, compare  # noqa: E402
 
+STUDIES = {
+    "schedule": [
+        ("schedule_mct3", "slurp_4bit.yaml", ["--mct_iterations=3"]),
+        ("schedule_mct7", "slurp_4bit.yaml", ["--mct_iterations=7"]),
+        ("schedule_mct3_2epoch", "slurp_4bit.yaml",
+         ["--mct_iterations=3", "--distill_epochs=2", "--quant_epochs=2"]),
+    ],
+    "codebook": [
+        ("quads4_optimal", "slurp_4bit.yaml", ["--kmeans_init=optimal"]),
+        ("quads4_optimal_reassign", "slurp_4bit.yaml",
+         ["--kmeans_init=optimal", "--recluster=reassign"]),
+        ("quads4_ste_optimal_reassign", "slurp_4bit.yaml",
+         ["--kmeans_init=optimal", "--recluster=reassign", "--distill_through_quantizer=True"]),
+        ("quads4_qdw1_optimal_reassign", "slurp_4bit.yaml",
+         ["--kmeans_init=optimal", "--recluster=reassign", "--quant_distill_weight=1.0"]),
+        ("quads4_sensitive_optimal_reassign", "slurp_4bit.yaml",
+         ["--kmeans_init=optimal", "--recluster=reassign", "--sensitivity_samples=128"]),
+        ("quads_mixed3_optimal_reassign", "slurp_4bit.yaml",
+         ["--kmeans_init=optimal", "--recluster=reassign", "--target_mb=2.81"]),
+        ("fp_logit0.5", "slurp_32bit.yaml", ["--logit_distill_weight=0.5"]),
+    ],
+}
+"""Preset variant lists for ``--study``: (name, hparams file, train.py overrides)."""
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; everything after ``--`` is passed to train.py."""
@@ -51,7 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus-dir", type=Path, required=True,
                         help="a SLURP-layout corpus folder")
-    parser.add_argument("--name", required=True, help="the variant's name (its row key)")
+    parser.add_argument("--name", default=None, help="the variant's name (its row key)")
+    parser.add_argument("--study", choices=sorted(STUDIES), default=None,
+                        help="screen every variant of this preset not yet screened")
     parser.add_argument("--hparams", default="slurp_4bit.yaml",
                         help="recipe hparams file in recipes/SLURP/quads/hparams/")
     parser.add_argument("--from-run", type=Path, default=None,
@@ -63,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="teacher feature cache (default WORK/teacher_cache); the benchmark's "
                              "cache of the same corpus can be shared")
     args = parser.parse_args(own)
+    if (args.name is None) == (args.study is None):
+        parser.error("give --name (one variant) or --study (a preset), not both")
     args.overrides = overrides
     return args
 
@@ -118,5 +154,17 @@ def load(path: Path) -> list[dict]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
 
 
+def study(args: argparse.Namespace) -> None:
+    """Screen the preset's variants that the output does not hold yet, in order."""
+    done = {row["name"] for row in load(args.output)}
+    for name, hparams, overrides in STUDIES[args.study]:
+        if name in done:
+            print(f"[screen] {name}: in {args.output}", flush=True)
+            continue
+        screen(argparse.Namespace(**{**vars(args), "name": name, "hparams": hparams,
+                                     "overrides": overrides, "from_run": None}))
+
+
 if __name__ == "__main__":
-    screen(parse_args())
+    arguments = parse_args()
+    study(arguments) if arguments.study else screen(arguments)

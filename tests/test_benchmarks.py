@@ -282,3 +282,26 @@ def test_latency_tiny(tmp_path):
     assert data["ort_quads_file_mb"] <= 1.15 * data["quads_file_mb"]
     assert data["int8_vs_float"]["clips"] == 24 and data["int8_vs_float"]["float_accuracy"] >= 0.9
     assert "| 1 | variable | 2 |" in md.read_text()
+
+
+def test_screen_scores_runs_on_valid_and_pairs_them(quick, tmp_path):
+    """``screen.py --from-run``: a finished run's valid accuracy per recording, with its CI and
+    the exact McNemar p against every other screened variant of the same corpus."""
+    from speechbrain_quads.evaluation.stats import compare
+
+    _, work, _ = quick
+    output = tmp_path / "screening.json"
+    for name, run in (("fp", "fp_student"), ("quads", "quads_mct_2bit")):
+        _run("benchmarks/screen.py", "--corpus-dir", str(work / "corpus"), "--name", name,
+             "--from-run", str(work / "runs" / "seed1" / run), "--output", str(output),
+             timeout=300)
+    fp, quads = json.loads(output.read_text())
+    for row in (fp, quads):
+        right = row["valid_correct"].count("1")
+        assert row["n_valid"] == len(row["valid_correct"]) == 8
+        assert row["valid_accuracy"] == pytest.approx(right / 8)
+        assert row["valid_ci95"] == pytest.approx(list(clopper_pearson(right, 8)))
+        assert len(row["test_correct"]) == 12
+    p_value = compare(*({i: int(c) for i, c in enumerate(r["valid_correct"])}
+                        for r in (fp, quads))).p_value
+    assert fp["vs"] == {"quads": p_value} and quads["vs"] == {"fp": p_value}
