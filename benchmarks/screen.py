@@ -18,8 +18,8 @@ picks a knob.
 ``--study NAME`` screens every variant of a preset (:data:`STUDIES`) not yet in the output, one
 after the other: ``schedule`` is the paper's third open question at 4 bits (MCT rounds 3 and 7
 with 1-epoch phases, 3 rounds of 2-epoch phases; 5 rounds of 1 epoch is the recipe default,
-screened as ``--from-run`` of the benchmark's run); ``codebook`` the codebook knobs of issue 13
-one at a time and together.
+screened as ``--from-run`` of the benchmark's run); ``codebook`` the fp student's knobs (probe-initialised
+head, logit distillation) and the codebook knobs of issue 13, one at a time and together.
 
 Rows go to ``--output`` (default ``benchmarks/screening.json``, merged under a lock, written as
 each run finishes, so screens can run side by side and across sittings): ``name``, ``hparams``,
@@ -58,6 +58,8 @@ STUDIES = {
          ["--mct_iterations=3", "--distill_epochs=2", "--quant_epochs=2"]),
     ],
     "codebook": [
+        ("fp_probe_init", "slurp_32bit.yaml", ["--classifier_init=probe"]),
+        ("fp_logit0.5", "slurp_32bit.yaml", ["--logit_distill_weight=0.5"]),
         ("quads4_optimal", "slurp_4bit.yaml", ["--kmeans_init=optimal"]),
         ("quads4_optimal_reassign", "slurp_4bit.yaml",
          ["--kmeans_init=optimal", "--recluster=reassign"]),
@@ -69,7 +71,6 @@ STUDIES = {
          ["--kmeans_init=optimal", "--recluster=reassign", "--sensitivity_samples=128"]),
         ("quads_mixed3_optimal_reassign", "slurp_4bit.yaml",
          ["--kmeans_init=optimal", "--recluster=reassign", "--target_mb=2.81"]),
-        ("fp_logit0.5", "slurp_32bit.yaml", ["--logit_distill_weight=0.5"]),
     ],
 }
 """Preset variant lists for ``--study``: (name, hparams file, train.py overrides)."""

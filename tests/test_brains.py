@@ -336,6 +336,32 @@ def test_logit_distillation_fits_a_teacher_head_and_checkpoints_it(tmp_path, cor
         assert torch.equal(value, head[key]), key
 
 
+def test_classifier_init_probe_starts_the_head_from_a_student_probe(tmp_path, corpus, tiny_dir,
+                                                                    base_dir):
+    """``classifier_init: probe``: when training starts, the intent head is the linear probe of
+    the pretrained student's frozen pooled features (LP-FT), folded into the plain layer."""
+    from speechbrain_quads.training.probe import fit_probe, pooled_features
+
+    settings = {"mct_iterations": 1, "final_quant_epochs": 0, "classifier_init": "probe"}
+    brain, hparams = make_brain(tmp_path, tiny_dir, base_dir, settings)
+    features, labels = pooled_features(brain.modules.student.eval(), corpus[1])
+    expected = fit_probe(features, labels, brain.modules.classifier.n_intents, seed=0)
+    seen = {}
+    start = brain.on_fit_start
+
+    def recording_start():
+        seen["logits"] = brain.modules.classifier.linear(features).detach()
+        start()
+
+    brain.on_fit_start = recording_start
+    fit(brain, hparams, corpus[1])
+    torch.testing.assert_close(seen["logits"], expected(features), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="classifier_init: 'zeros' is not one of"):
+        other, hparams_other = make_brain(tmp_path / "other", tiny_dir, base_dir,
+                                          {**settings, "classifier_init": "zeros"})
+        fit(other, hparams_other, corpus[1])
+
+
 def test_length_changing_augmentation_is_refused(tmp_path, corpus, tiny_dir, base_dir):
     brain, hparams = make_brain(tmp_path, tiny_dir, base_dir)
     brain.phase = hparams["phase_plan"][1]  # a distillation epoch

@@ -124,3 +124,16 @@ def test_logit_distillation_is_hinton_kl_with_its_gradient():
         assert student.grad[index].item() == pytest.approx(numeric.item(), rel=2e-3)
     with pytest.raises(ValueError, match="logit_temperature must be positive"):
         logit_distillation_loss(same, same, 0.0)
+
+
+def test_a_probe_folds_into_a_plain_linear_layer():
+    """``fold_into_linear``: the linear layer on raw features gives the probe's logits."""
+    from speechbrain_quads.training.probe import fit_probe, fold_into_linear
+
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(40, 6, generator=generator) * torch.tensor([1, 10, 0.1, 3, 1, 50.0])
+    labels = torch.randint(0, 3, (40,), generator=generator)
+    head = fit_probe(features, labels, 3, steps=50)
+    linear = torch.nn.Linear(6, 3)
+    fold_into_linear(head, linear)
+    torch.testing.assert_close(linear(features), head(features), rtol=1e-5, atol=1e-5)

@@ -56,7 +56,12 @@ from speechbrain_quads.training.losses import (
     quantization_objective,
 )
 from speechbrain_quads.training.phase_brain import PhaseBrain, codebook_ids
-from speechbrain_quads.training.probe import ProbeHead, fit_probe, pooled_features
+from speechbrain_quads.training.probe import (
+    ProbeHead,
+    fit_probe,
+    fold_into_linear,
+    pooled_features,
+)
 from speechbrain_quads.training.schedule import DISTILL, QUANT, EpochPhase, PhasePlan
 
 
@@ -70,7 +75,10 @@ class DistillationBrain(PhaseBrain):
     features are compared frame by frame) and ``logit_distill_weight`` (default 0) with
     ``logit_temperature`` (default 2): a soft-target term towards a teacher intent head, a
     linear probe fitted on the frozen teacher's pooled last hidden state over the training set
-    before the first epoch and checkpointed with the run.
+    before the first epoch and checkpointed with the run. ``classifier_init: probe`` (default
+    ``random``) starts the intent head from a linear probe of the pretrained student's own
+    frozen features (linear probing, then fine-tuning: LP-FT, Kumar et al. 2022), fitted before
+    the first epoch of a run that has no checkpoint yet.
     """
 
     HEAD_MODULES = ("classifier", "distill")
@@ -90,9 +98,19 @@ class DistillationBrain(PhaseBrain):
     def fit(self, epoch_counter, train_set, valid_set=None, *args, **kwargs):
         """With logit distillation: the teacher's intent head, fitted now or (for a run with a
         checkpoint) recovered from it."""
+        fresh = self.checkpointer is None or self.checkpointer.find_checkpoint() is None
+        init = getattr(self.hparams, "classifier_init", "random")
+        if init not in ("random", "probe"):
+            raise ValueError(f"classifier_init: {init!r} is not one of ('random', 'probe')")
+        if init == "probe" and fresh:
+            features, labels = pooled_features(self.modules.student.eval(), train_set)
+            head = fit_probe(features, labels, self.modules.classifier.n_intents,
+                             seed=getattr(self.hparams, "seed", 0))
+            fold_into_linear(head, self.modules.classifier.linear)
+            self.modules.student.train()
         if self.logit_weight > 0 and self.teacher_head is None:
             n_classes = self.modules.classifier.n_intents
-            if self.checkpointer is not None and self.checkpointer.find_checkpoint() is not None:
+            if not fresh:
                 width = self.modules.teacher.output_size
                 self.teacher_head = ProbeHead(width, n_classes).requires_grad_(False)
             else:

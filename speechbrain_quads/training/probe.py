@@ -45,6 +45,15 @@ class ProbeHead(torch.nn.Module):
         return self.linear((pooled - self.mean) / self.std)
 
 
+def fold_into_linear(head: ProbeHead, linear: torch.nn.Linear) -> None:
+    """Copy ``head`` into a plain ``linear`` layer on unstandardised features:
+    ``W (x - m) / s + b = (W / s) x + (b - W m / s)``."""
+    weight = head.linear.weight / head.std
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        linear.bias.copy_(head.linear.bias - weight @ head.mean)
+
+
 def fit_probe(features: torch.Tensor, labels: torch.Tensor, n_classes: int, steps: int = 500,
               lr: float = 0.01, weight_decay: float = 1e-3, seed: int = 0) -> ProbeHead:
     """A :class:`ProbeHead` trained by full-batch Adam on (N, C) features and (N,) labels."""
