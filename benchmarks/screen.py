@@ -18,8 +18,9 @@ picks a knob.
 ``--study NAME`` screens every variant of a preset (:data:`STUDIES`) not yet in the output, one
 after the other: ``schedule`` is the paper's third open question at 4 bits (MCT rounds 3 and 7
 with 1-epoch phases, 3 rounds of 2-epoch phases; 5 rounds of 1 epoch is the recipe default,
-screened as ``--from-run`` of the benchmark's run); ``codebook`` the fp student's knobs (probe-initialised
-head, logit distillation) and the codebook knobs of issue 13, one at a time and together.
+screened as ``--from-run`` of the benchmark's run); ``codebook`` the fp student's knobs
+(probe-initialised head, logit distillation) and the codebook knobs of issue 13, one at a time
+and together.
 
 Rows go to ``--output`` (default ``benchmarks/screening.json``, merged under a lock, written as
 each run finishes, so screens can run side by side and across sittings): ``name``, ``hparams``,
