@@ -185,10 +185,11 @@ def kmeans_ptq(fp_run: Path, bits: int, out_dir: Path, seed: int, init: str = "o
 
 
 def kmeans_ptq_sensitive(fp_run: Path, bits: int, out_dir: Path, samples: int,
-                         seed: int) -> dict:
+                         seed: int, outlier_fraction: float = 0.0) -> dict:
     """:func:`kmeans_ptq` with each value's squared error weighted by its sensitivity: squared
     gradients of the cross-entropy over ``samples`` shuffled training recordings, one per
-    batch (the calibration of :func:`skm_palettize`; the same layers as QUADS).
+    batch (the calibration of :func:`skm_palettize`; the same layers as QUADS); with
+    ``outlier_fraction``, that share of each weight (largest sensitivity x w**2) kept exactly.
 
     Returns :func:`kmeans_ptq`'s keys plus ``calibration_samples``; ``train_seconds`` counts
     calibration and clustering.
@@ -198,7 +199,8 @@ def kmeans_ptq_sensitive(fp_run: Path, bits: int, out_dir: Path, samples: int,
     model, labels = load_student(fp_run)
     loader = DataLoader(datasets["train"], batch_size=1, shuffle=True, collate_fn=PaddedBatch)
     start = time.perf_counter()
-    quantizer = CodebookQuantizer(QuantizationConfig(bits=bits, seed=seed))
+    quantizer = CodebookQuantizer(QuantizationConfig(bits=bits, seed=seed,
+                                                     outlier_fraction=outlier_fraction))
     quantizer.prepare(model)
     sensitivity = squared_gradients(quantizer, lambda batch: _task_loss(model, batch),
                                     itertools.islice(loader, samples))

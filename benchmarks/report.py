@@ -40,6 +40,7 @@ LABELS = {
     "kmeans_ptq_linear": "k-means PTQ, former linear init (30 Lloyd iterations)",
     "kmeans_ptq_sensitive": "k-means PTQ weighted by squared gradients (128 recordings)",
     "kmeans_ptq_mixed": "the same, mixed widths (2-8 bits) in the uniform b-bit file's size",
+    "kmeans_ptq_outliers": "the same, uniform width, 0.5 % of each weight kept exactly",
     "torch_dynamic_int8": "torch dynamic int8 PTQ of the fp student",
     "coremltools_skm": "coremltools SKMPalettizer (sensitive k-means PTQ)",
     "coremltools_dkm": "coremltools DKMPalettizer fine-tuning",
@@ -58,6 +59,7 @@ COMPARISONS = [
     *[(f"kmeans_ptq_sensitive:{b}", f"coremltools_skm:{b}") for b in (2, 4, 8)],
     *[(f"kmeans_ptq_mixed:{b}", f"kmeans_ptq_sensitive:{b}") for b in (2, 4)],
     ("kmeans_ptq_mixed:3", "kmeans_ptq:4"), ("kmeans_ptq_mixed:3", "kmeans_ptq_sensitive:4"),
+    *[(f"kmeans_ptq_outliers:{b}", f"kmeans_ptq_sensitive:{b}") for b in (2, 4)],
 ]
 """(A, B) pairs compared on the same recordings wherever both rows exist, as ``method:bits``."""
 

@@ -16,7 +16,8 @@ Same data, same student (Whisper tiny.en), same teacher (Whisper base) for every
 - ``kmeans_ptq`` (the engine's default ``optimal`` k-means), ``kmeans_ptq_linear`` (the former
   ``linear`` default), ``kmeans_ptq_sensitive`` (k-means weighted by squared gradients over the
   SKM calibration recordings), ``kmeans_ptq_mixed`` (the same, a width per tensor, at most the
-  size of the uniform ``bits``-bit file), ``torch_dynamic_int8``, ``coremltools_skm``,
+  size of the uniform ``bits``-bit file), ``kmeans_ptq_outliers`` (sensitive k-means with 0.5 %
+  of each weight kept exactly), ``torch_dynamic_int8``, ``coremltools_skm``,
   ``coremltools_dkm``: applied to the fp student (``benchmarks/methods.py``).
 
 Every finished row is merged into ``--output``/results.json at once (atomic write under a lock:
@@ -77,12 +78,13 @@ METHOD_BITS = {
     "full": {"fp_student": [32], "student_probe": [32], "teacher": [32], "quads_mct": [2, 4, 8],
              "kmeans_ptq": [2, 4, 8], "kmeans_ptq_linear": [2, 4, 8],
              "kmeans_ptq_sensitive": [2, 4, 8], "kmeans_ptq_mixed": [2, 3, 4],
+             "kmeans_ptq_outliers": [2, 4],
              "torch_dynamic_int8": [8],
              "coremltools_skm": [2, 4, 8], "sequential": [2, 4], "coremltools_dkm": [2, 4, 8],
              "quads_mct_random_init": [4]},
     "quick": {"fp_student": [32], "student_probe": [32], "teacher": [32], "quads_mct": [2],
               "kmeans_ptq": [2], "kmeans_ptq_linear": [2], "kmeans_ptq_sensitive": [2],
-              "kmeans_ptq_mixed": [2],
+              "kmeans_ptq_mixed": [2], "kmeans_ptq_outliers": [2],
               "torch_dynamic_int8": [8], "coremltools_skm": [2], "sequential": [2],
               "coremltools_dkm": [2], "quads_mct_random_init": [2]},
 }
@@ -98,6 +100,9 @@ DKM = {"full": {"epochs": 11, "trial_epochs": 1, "lrs": [1e-5, 5e-5, 2e-4]},
        "quick": {"epochs": 1, "trial_epochs": 1, "lrs": [5e-5]}}
 """DKM budget: ``epochs`` = QUADS' 11; encoder lr chosen on valid from ``lrs`` (quick: no trial;
 the selection is tested on its own)."""
+
+OUTLIER_FRACTION = 0.005
+"""``kmeans_ptq_outliers``: share of each weight kept exactly (0.5 %, 8 bytes each)."""
 
 SKM_SAMPLES = {"full": 128, "quick": 8}
 """SKMPalettizer calibration recordings (coremltools' default 128)."""
@@ -330,6 +335,13 @@ class Benchmark:
             function = getattr(methods, method)
             result = self.cached(seed, key, settings, functools.partial(
                 function, folder, bits, exports, self.args.skm_samples, seed))
+        elif method == "kmeans_ptq_outliers":
+            settings = {"run": run, "seed": seed, "samples": self.args.skm_samples,
+                        "outlier_fraction": OUTLIER_FRACTION}
+            result = self.cached(seed, key, settings, functools.partial(
+                methods.kmeans_ptq_sensitive, folder, bits, exports, self.args.skm_samples, seed,
+                OUTLIER_FRACTION))
+            base["outlier_fraction"] = OUTLIER_FRACTION
         elif method == "torch_dynamic_int8":
             result = self.cached(seed, key, {"run": run}, functools.partial(
                 methods.dynamic_int8, folder))

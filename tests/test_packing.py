@@ -334,3 +334,53 @@ def test_export_is_atomic_and_refuses_unclustered_models(tmp_path, quantized_enc
     export_packed(quantized_encoder, path)
     assert set(load_packed(path)) == set(whisper_encoder(seed=0).state_dict())
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+def test_outliers_are_kept_exactly_exported_and_checked(tmp_path):
+    """``outlier_fraction``: the largest-magnitude weights bypass the codebook (the forward uses
+    their latent values, which get the gradient there), the file stores them as int32 positions
+    and float32 values (8 bytes each in the size), reloads bit-exactly and refuses tampering."""
+    from safetensors.torch import load_file
+
+    from speechbrain_quads.codebook.packing import PackedFormatError, load_packed
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 4))
+    quantizer = quantize_(model, QuantizationConfig(bits=2, outlier_fraction=0.01))
+    codebook = quantizer.modules["0"][1]
+    latent = model[0].parametrizations["weight"].original
+    assert codebook.outliers == round(0.01 * 64 * 64) == 41
+    largest = latent.detach().abs().flatten().topk(41).indices.sort().values
+    assert torch.equal(codebook.outlier_index, largest)
+    used = model[0].weight.detach().flatten()
+    assert torch.equal(used[largest], latent.detach().flatten()[largest])
+    assert used.unique().numel() <= 4 + 41
+    model(torch.randn(3, 64)).square().sum().backward()
+    grad = latent.grad.flatten()
+    assert bool((grad[largest] != 0).all())
+    assert int((grad != 0).sum()) == 41  # elsewhere the gradient goes to the centroids
+    path = tmp_path / "outliers.safetensors"
+    report = export_packed(model, path)
+    inputs = torch.randn(5, 64)
+    plain = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 4))
+    assert torch.equal(load_packed_into(plain, path)(inputs), model(inputs))
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 4))
+    quantize_(reference, QuantizationConfig(bits=2))
+    without = export_packed(reference, tmp_path / "plain.safetensors")
+    assert report.bit_arithmetic_bytes - without.bit_arithmetic_bytes == 8 * (41 + 3)
+    tensors = load_file(path)
+    with safe_open(path, framework="pt") as handle:
+        metadata = handle.metadata()
+    index = tensors["0.weight::outlier_index"].clone()
+    index[1] = index[0]
+    for broken, message in (({**tensors, "0.weight::outlier_index": index}, "strictly"),
+                            ({k: v for k, v in tensors.items()
+                              if k != "0.weight::outlier_value"}, "missing")):
+        bad = tmp_path / "bad.safetensors"
+        meta = dict(metadata)
+        meta.pop("payload_sha256")
+        meta["format_version"] = "2"  # no digest: the layout checks must catch it
+        save_file(broken, bad, metadata=meta)
+        with pytest.raises(PackedFormatError, match=message):
+            load_packed(bad)

@@ -6,12 +6,16 @@ File layout (one safetensors file, no pickle):
                                 element after element (3, 5, 7, 9, ..., 15 bits are not rounded up
                                 to a byte); the unused high bits of the last byte are 0.
     ``<name>.weight::codebook`` float32 (groups, 2**bits): its codebooks.
+    ``<name>.weight::outlier_index`` int32 (n,), ``::outlier_value`` float32 (n,): only for a
+                                weight with ``n > 0`` outliers (``outlier_fraction``): the
+                                strictly increasing flat positions kept exactly, and their values.
     ``<key>``                   every other tensor of the model's state_dict, unchanged, except
                                 Whisper's sinusoidal positional tables (``*embed_positions.weight``)
                                 when :mod:`~speechbrain_quads.models.positional` rebuilds them
                                 bit for bit.
 Header metadata: ``format`` (:data:`FORMAT_NAME`), ``format_version``, ``quantized``: JSON
-``{weight name: {"module", "bits", "shape", "numel", "groups", "dtype"}}``, ``generated``: JSON
+``{weight name: {"module", "bits", "shape", "numel", "groups", "dtype"[, "outliers"]}}``,
+``generated``: JSON
 ``{key: {"kind": "whisper_sinusoids", "shape": [length, channels], "recipe", "sha256"}}``
 (since version 2) and ``payload_sha256`` (since version 3): the hex SHA-256 of every stored
 tensor's name, dtype, shape and bytes (see :func:`payload_digest`).
@@ -54,6 +58,10 @@ READABLE_VERSIONS = ("1", "2", "3")
 GENERATED_SUFFIX = "embed_positions.weight"
 INDICES_SUFFIX = "::indices"
 CODEBOOK_SUFFIX = "::codebook"
+OUTLIER_INDEX_SUFFIX = "::outlier_index"
+OUTLIER_VALUE_SUFFIX = "::outlier_value"
+QUANTIZED_SUFFIXES = (INDICES_SUFFIX, CODEBOOK_SUFFIX, OUTLIER_INDEX_SUFFIX, OUTLIER_VALUE_SUFFIX)
+"""A quantized weight's file keys: indices and codebook, then (with outliers) their two."""
 DTYPES = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -236,14 +244,21 @@ def packed_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str,
         key = prefix + "weight"
         tensors[key + INDICES_SUFFIX] = pack_indices(codebook.indices, codebook.bits)
         tensors[key + CODEBOOK_SUFFIX] = codebook.centroids.detach().float().cpu().contiguous()
+        latent = module.parametrizations["weight"].original
         entries[key] = {
             "module": name,
             "bits": codebook.bits,
             "shape": list(codebook.indices.shape),
             "numel": codebook.indices.numel(),
             "groups": codebook.groups,
-            "dtype": str(module.parametrizations["weight"].original.dtype).removeprefix("torch."),
+            "dtype": str(latent.dtype).removeprefix("torch."),
         }
+        if codebook.outliers:
+            index = codebook.outlier_index.detach().cpu()
+            tensors[key + OUTLIER_INDEX_SUFFIX] = index.to(torch.int32).contiguous()
+            tensors[key + OUTLIER_VALUE_SUFFIX] = (
+                latent.detach().reshape(-1)[index.to(latent.device)].float().cpu().contiguous())
+            entries[key]["outliers"] = codebook.outliers
         hidden.append(prefix + "parametrizations.weight.")
     generated = {}
     for key, value in model.state_dict().items():
@@ -269,9 +284,7 @@ def _report(tensors: dict[str, torch.Tensor], metadata: dict[str, str], packed: 
     """Build a :class:`SizeReport` from the export payload and the packed size in bytes."""
     entries = json.loads(metadata["quantized"])
     generated = sum(math.prod(e["shape"]) for e in json.loads(metadata["generated"]).values())
-    quantized_keys = {
-        key + suffix for key in entries for suffix in (INDICES_SUFFIX, CODEBOOK_SUFFIX)
-    }
+    quantized_keys = {key + suffix for key in entries for suffix in QUANTIZED_SUFFIXES}
     full = [value for key, value in tensors.items() if key not in quantized_keys]
     bits = max(entry["bits"] for entry in entries.values())
     quantized_params = sum(entry["numel"] for entry in entries.values())
@@ -280,7 +293,7 @@ def _report(tensors: dict[str, torch.Tensor], metadata: dict[str, str], packed: 
     )
     bit_arithmetic = sum(
         packed_length(entry["numel"], entry["bits"]) + entry["groups"] * 2 ** entry["bits"] * 4
-        for entry in entries.values()
+        + entry.get("outliers", 0) * 8 for entry in entries.values()
     ) + sum(v.numel() * v.element_size() for v in full)
     return SizeReport(
         packed_bytes=packed,
@@ -355,6 +368,7 @@ class _Quantized:
     numel: int
     groups: int
     dtype: torch.dtype
+    outliers: int = 0
 
 
 def _is_int(value: object, low: int = 0) -> bool:
@@ -380,7 +394,10 @@ def _quantized_entry(path: Path, key: str, entry: object) -> _Quantized:
         raise PackedFormatError(f"{where}: shape {shape!r} does not hold numel {numel!r}")
     if not _is_int(groups, 1) or shape[0] % groups:
         raise PackedFormatError(f"{where}: groups {groups!r} does not divide shape {shape}")
-    return _Quantized(bits, tuple(shape), numel, groups, DTYPES[dtype])
+    outliers = entry.get("outliers", 0)
+    if not _is_int(outliers) or outliers > numel:
+        raise PackedFormatError(f"{where}: outliers {outliers!r} out of range [0, {numel}]")
+    return _Quantized(bits, tuple(shape), numel, groups, DTYPES[dtype], outliers)
 
 
 def _generated_entry(
@@ -417,9 +434,25 @@ def _check_layout(
     """Every stored tensor is accounted for exactly once, at the dtype/shape the header says."""
     for key, entry in entries.items():
         where = f"{path}: tensor {key!r}"
-        for suffix in (INDICES_SUFFIX, CODEBOOK_SUFFIX):
+        suffixes = QUANTIZED_SUFFIXES if entry.outliers else QUANTIZED_SUFFIXES[:2]
+        for suffix in suffixes:
             if key + suffix not in tensors:
                 raise PackedFormatError(f"{where}: missing {key + suffix!r}")
+        for suffix in QUANTIZED_SUFFIXES[len(suffixes):]:
+            if key + suffix in tensors:
+                raise PackedFormatError(f"{where}: stray {key + suffix!r} (no outliers declared)")
+        if entry.outliers:
+            index, value = tensors[key + OUTLIER_INDEX_SUFFIX], tensors[key + OUTLIER_VALUE_SUFFIX]
+            shape = (entry.outliers,)
+            if (index.dtype != torch.int32 or tuple(index.shape) != shape
+                    or value.dtype != torch.float32 or tuple(value.shape) != shape):
+                raise PackedFormatError(
+                    f"{where}: outliers must be int32 and float32 {shape}, got {index.dtype} "
+                    f"{tuple(index.shape)} and {value.dtype} {tuple(value.shape)}")
+            if (int(index.min()) < 0 or int(index.max()) >= entry.numel
+                                   or bool((index[1:] <= index[:-1]).any())):
+                raise PackedFormatError(f"{where}: outlier positions are not strictly "
+                                        f"increasing within [0, {entry.numel})")
         indices, codebook = tensors[key + INDICES_SUFFIX], tensors[key + CODEBOOK_SUFFIX]
         k = 2**entry.bits
         if codebook.dtype != torch.float32 or tuple(codebook.shape) != (entry.groups, k):
@@ -436,8 +469,7 @@ def _check_layout(
             )
     for key in tensors:
         base, separator, suffix = key.partition("::")
-        if separator and (base not in entries or separator + suffix not in (INDICES_SUFFIX,
-                                                                            CODEBOOK_SUFFIX)):
+        if separator and (base not in entries or separator + suffix not in QUANTIZED_SUFFIXES):
             raise PackedFormatError(f"{path}: tensor {key!r} has no entry in the header metadata")
         if not separator and key in entries:
             raise PackedFormatError(f"{path}: tensor {key!r} is both stored and quantized")
@@ -473,7 +505,9 @@ def _dequantize(
             f"{path}: tensor {key!r}: indices inconsistent with the metadata ({error})"
         ) from None
     codebook = tensors[key + CODEBOOK_SUFFIX]
-    values = codebook.gather(1, indices.long().reshape(entry.groups, -1))
+    values = codebook.gather(1, indices.long().reshape(entry.groups, -1)).reshape(-1)
+    if entry.outliers:
+        values[tensors[key + OUTLIER_INDEX_SUFFIX].long()] = tensors[key + OUTLIER_VALUE_SUFFIX]
     return values.reshape(entry.shape).to(entry.dtype)
 
 

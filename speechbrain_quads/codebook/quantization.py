@@ -88,6 +88,11 @@ class QuantizationConfig:
         clip_percentile: percent of outliers clipped at each end by ``init="range"``.
         module_bits: ``{module name: bits}``, widths that replace ``bits`` for those modules
             (mixed precision; see also :mod:`~speechbrain_quads.codebook.allocation`).
+        outlier_fraction: share of each weight kept exactly, outside the codebook (dense and
+            sparse decomposition, as SqueezeLLM): the ``round(fraction * numel)`` weights of
+            largest magnitude (or, clustered with sensitivities, of largest
+            ``sensitivity * w**2``) are chosen at each fit, left out of the k-means, and used
+            as their latent values; exported as int32 positions + float32 values (8 bytes each).
     """
 
     bits: int = 8
@@ -104,6 +109,7 @@ class QuantizationConfig:
     warm_start: bool = True
     clip_percentile: float = 0.5
     module_bits: Mapping[str, int] = field(default_factory=dict)
+    outlier_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("module_types", "include", "exclude"):
@@ -134,6 +140,10 @@ class QuantizationConfig:
             if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= MAX_BITS:
                 raise ValueError(f"module_bits: {name!r}: expected an integer in [1, {MAX_BITS}], "
                                  f"got {width!r}")
+        fraction = self.outlier_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (
+                0.0 <= fraction < 0.5):
+            raise ValueError(f"outlier_fraction: expected 0 <= value < 0.5, got {fraction!r}")
         percentile = self.clip_percentile
         if not isinstance(percentile, (int, float)) or not 0.0 <= percentile < 50.0:
             raise ValueError(f"clip_percentile: expected 0 <= value < 50, got {percentile!r}")
@@ -204,7 +214,7 @@ class CodebookParametrization(nn.Module):
     ``r // (rows / groups)``.
     """
 
-    def __init__(self, weight: torch.Tensor, bits: int, groups: int) -> None:
+    def __init__(self, weight: torch.Tensor, bits: int, groups: int, outliers: int = 0) -> None:
         super().__init__()
         self.bits = bits
         self.groups = groups
@@ -212,6 +222,10 @@ class CodebookParametrization(nn.Module):
         self.centroids = nn.Parameter(torch.zeros(groups, 2**bits, dtype=weight.dtype, **factory))
         indices = torch.zeros(weight.shape, dtype=index_dtype(bits), **factory)
         self.register_buffer("indices", indices)
+        self.outliers = outliers
+        if outliers:  # flat positions of the weights kept exactly (sorted)
+            self.register_buffer("outlier_index",
+                                 torch.arange(outliers, dtype=torch.int64, device=weight.device))
         self.register_buffer("mode", torch.zeros((), dtype=torch.uint8, **factory))
         self.register_buffer("clustered", torch.zeros((), dtype=torch.uint8, **factory))
         self._index_cache: tuple[torch.Tensor, int, torch.Tensor] | None = None
@@ -228,12 +242,24 @@ class CodebookParametrization(nn.Module):
         if mode == "off":
             return latent
         if mode == "ste":
-            return _StraightThrough.apply(latent, self.centroids.detach(), self.flat_indices())
-        table = self.centroids if mode == "train" else self.centroids.detach()
-        return _CodebookGather.apply(table, self.flat_indices(), latent.shape)
+            used = _StraightThrough.apply(latent, self.centroids.detach(), self.flat_indices())
+        else:
+            table = self.centroids if mode == "train" else self.centroids.detach()
+            used = _CodebookGather.apply(table, self.flat_indices(), latent.shape)
+        return self.with_outliers(used, latent)
+
+    def with_outliers(self, quantized: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        """``quantized`` with the outlier positions holding ``latent``'s values (differentiable
+        w.r.t. both); ``quantized`` itself when there are no outliers."""
+        if not self.outliers:
+            return quantized
+        index = (self.outlier_index,)
+        flat = quantized.reshape(-1).index_put(index, latent.reshape(-1)[index])
+        return flat.view(quantized.shape)
 
     def quantized(self) -> torch.Tensor:
-        """``centroids[indices]`` with the weight's shape, differentiable w.r.t. centroids."""
+        """``centroids[indices]`` with the weight's shape, differentiable w.r.t. centroids
+        (outliers not applied: see :meth:`with_outliers`)."""
         return _CodebookGather.apply(self.centroids, self.flat_indices(), self.indices.shape)
 
     def current_mode(self) -> str:
@@ -295,6 +321,15 @@ class CodebookParametrization(nn.Module):
         shape, if given) and store centroids and indices."""
         values = latent.detach().reshape(self.groups, -1)
         weights = None if sensitivity is None else sensitivity.detach().reshape(self.groups, -1)
+        if self.outliers:
+            flat = latent.detach().reshape(-1)
+            score = flat.abs() if sensitivity is None else (
+                sensitivity.detach().reshape(-1) * flat.square())
+            chosen = torch.topk(score.float(), self.outliers).indices.sort().values
+            self.outlier_index.copy_(chosen)
+            weights = torch.ones_like(values, dtype=torch.float64) if weights is None else (
+                weights.double().clone())
+            weights.view(-1)[chosen] = 0.0  # left out of the k-means (floored at 1e-6 x mean)
         warm = config.warm_start and bool(int(self.clustered)) and config.init != "optimal"
         centroids, indices = kmeans_1d(
             values,
@@ -411,7 +446,8 @@ class CodebookQuantizer:
             )
         groups = [_group_count(name, module.weight, self.config) for name, module in selected]
         for (name, module), count in zip(selected, groups, strict=True):
-            codebook = CodebookParametrization(module.weight, self.config.bits, count)
+            outliers = round(self.config.outlier_fraction * module.weight.numel())
+            codebook = CodebookParametrization(module.weight, self.config.bits, count, outliers)
             parametrize.register_parametrization(module, "weight", codebook)
             self.modules[name] = (module, codebook)
         self.model = model
@@ -504,7 +540,8 @@ class CodebookQuantizer:
         """Write ``centroids[indices]`` into every latent weight (the mode is unchanged)."""
         self._require_clustered("commit")
         for module, codebook in self.modules.values():
-            module.parametrizations["weight"].original.copy_(codebook.quantized())
+            latent = module.parametrizations["weight"].original
+            latent.copy_(codebook.with_outliers(codebook.quantized(), latent))
 
     def finalize(self) -> None:
         """Replace every parametrized weight by its plain quantized value and detach.

@@ -154,6 +154,11 @@ class _Weights:
             metadata = handle.metadata() or {}
             if metadata.get("format") == FORMAT_NAME:
                 self.quantized = json.loads(metadata["quantized"])
+                with_outliers = [k for k, e in self.quantized.items() if e.get("outliers")]
+                if with_outliers:
+                    raise ValueError(f"{model_path}: {with_outliers[0]!r} keeps outliers "
+                                     "(outlier_fraction > 0), which the ONNX export does not "
+                                     "support yet; export a model trained without them")
                 for key in self.quantized:
                     self.packed[key] = (handle.get_tensor(key + INDICES_SUFFIX),
                                         handle.get_tensor(key + CODEBOOK_SUFFIX))
