@@ -10,8 +10,8 @@ and is scored on the same test manifest as the trained runs; every score comes w
 - :func:`kmeans_ptq`: the QUADS codebook quantizer applied once (per-tensor k-means, the same
   ``QuantizationConfig`` defaults as training), no retraining.
 - :func:`kmeans_ptq_sensitive`: the same, with k-means weighted by each weight's squared gradient
-  over calibration recordings (the QUADS engine's answer to SKM); :func:`kmeans_ptq_mixed`: the
-  same with a width per tensor, in the size of the uniform-width file.
+  over calibration recordings (the QUADS engine's answer to SKM), optionally with outliers kept
+  exactly or a width per tensor in the size of the uniform-width file.
 - :func:`dynamic_int8`: ``torch.ao.quantization.quantize_dynamic`` of every ``nn.Linear`` (int8
   weights, activations quantized on the fly), the method of SpeechBrain's quantization tutorial.
 - :func:`dkm_with_lr_search` / :func:`dkm_palettize`: Apple coremltools' ``DKMPalettizer``
@@ -184,15 +184,18 @@ def kmeans_ptq(fp_run: Path, bits: int, out_dir: Path, seed: int, init: str = "o
             "train_seconds": seconds, "export": str(out_dir)}
 
 
-def kmeans_ptq_sensitive(fp_run: Path, bits: int, out_dir: Path, samples: int,
-                         seed: int, outlier_fraction: float = 0.0) -> dict:
+def kmeans_ptq_sensitive(fp_run: Path, bits: int, out_dir: Path, samples: int, seed: int,
+                         outlier_fraction: float = 0.0, mixed: bool = False) -> dict:
     """:func:`kmeans_ptq` with each value's squared error weighted by its sensitivity: squared
     gradients of the cross-entropy over ``samples`` shuffled training recordings, one per
     batch (the calibration of :func:`skm_palettize`; the same layers as QUADS); with
-    ``outlier_fraction``, that share of each weight (largest sensitivity x w**2) kept exactly.
+    ``outlier_fraction``, that share of each weight (largest sensitivity x w**2) kept exactly;
+    with ``mixed``, a width per tensor (``codebook.allocation``, 2-8 bits) chosen so the packed
+    file is no larger than the uniform ``bits``-bit one.
 
-    Returns :func:`kmeans_ptq`'s keys plus ``calibration_samples``; ``train_seconds`` counts
-    calibration and clustering.
+    Returns :func:`kmeans_ptq`'s keys plus ``calibration_samples`` (and with ``mixed``,
+    ``widths`` ({module: bits}) and ``target_mb``, the uniform file's size in MiB);
+    ``train_seconds`` counts calibration and clustering.
     """
     torch.manual_seed(seed)
     datasets, _ = run_datasets(fp_run)
@@ -204,36 +207,14 @@ def kmeans_ptq_sensitive(fp_run: Path, bits: int, out_dir: Path, samples: int,
     quantizer.prepare(model)
     sensitivity = squared_gradients(quantizer, lambda batch: _task_loss(model, batch),
                                     itertools.islice(loader, samples))
-    quantizer.cluster(sensitivity=sensitivity)
-    seconds = time.perf_counter() - start
-    model.eval()
-    sizes = export_model(SimpleNamespace(deployable=model, quantizer=quantizer), {"bits": bits},
-                         labels, out_dir)
-    return {**evaluate(model, datasets["test"]), "packed_mb": sizes["packed_mb"],
-            "train_seconds": seconds, "calibration_samples": samples, "export": str(out_dir)}
-
-
-def kmeans_ptq_mixed(fp_run: Path, bits: int, out_dir: Path, samples: int, seed: int) -> dict:
-    """:func:`kmeans_ptq_sensitive` with a width per tensor (``codebook.allocation``, 2-8 bits)
-    chosen so the packed file is no larger than the uniform ``bits``-bit one.
-
-    Returns :func:`kmeans_ptq_sensitive`'s keys plus ``widths`` ({module: bits}) and
-    ``target_mb`` (the uniform file's size, MiB).
-    """
-    torch.manual_seed(seed)
-    datasets, _ = run_datasets(fp_run)
-    model, labels = load_student(fp_run)
-    loader = DataLoader(datasets["train"], batch_size=1, shuffle=True, collate_fn=PaddedBatch)
-    start = time.perf_counter()
-    quantizer = CodebookQuantizer(QuantizationConfig(bits=bits, seed=seed))
-    quantizer.prepare(model)
-    target = (fixed_bytes(quantizer) + sum(
-        tensor_bytes(c.indices.numel(), c.groups, bits, c.centroids.element_size())
-        for _, c in quantizer.modules.values())) / MB
-    sensitivity = squared_gradients(quantizer, lambda batch: _task_loss(model, batch),
-                                    itertools.islice(loader, samples))
-    widths = allocation_for_target(quantizer, sensitivity, target)
-    quantizer.set_bits(widths)
+    extra = {}
+    if mixed:
+        target = (fixed_bytes(quantizer) + sum(
+            tensor_bytes(c.indices.numel(), c.groups, bits, c.centroids.element_size())
+            for _, c in quantizer.modules.values())) / MB
+        extra = {"widths": allocation_for_target(quantizer, sensitivity, target),
+                 "target_mb": target}
+        quantizer.set_bits(extra["widths"])
     quantizer.cluster(sensitivity=sensitivity)
     seconds = time.perf_counter() - start
     model.eval()
@@ -241,7 +222,7 @@ def kmeans_ptq_mixed(fp_run: Path, bits: int, out_dir: Path, samples: int, seed:
                          labels, out_dir)
     return {**evaluate(model, datasets["test"]), "packed_mb": sizes["packed_mb"],
             "train_seconds": seconds, "calibration_samples": samples, "export": str(out_dir),
-            "widths": widths, "target_mb": target}
+            **extra}
 
 
 def _task_loss(network: nn.Module, batch: PaddedBatch) -> torch.Tensor:

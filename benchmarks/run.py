@@ -332,9 +332,9 @@ class Benchmark:
             base["kmeans_init"] = init
         elif method in ("kmeans_ptq_sensitive", "kmeans_ptq_mixed"):
             settings = {"run": run, "seed": seed, "samples": self.args.skm_samples}
-            function = getattr(methods, method)
             result = self.cached(seed, key, settings, functools.partial(
-                function, folder, bits, exports, self.args.skm_samples, seed))
+                methods.kmeans_ptq_sensitive, folder, bits, exports, self.args.skm_samples, seed,
+                mixed=method == "kmeans_ptq_mixed"))
         elif method == "kmeans_ptq_outliers":
             settings = {"run": run, "seed": seed, "samples": self.args.skm_samples,
                         "outlier_fraction": OUTLIER_FRACTION}
