@@ -59,7 +59,8 @@ def fixed_bytes(quantizer: CodebookQuantizer) -> int:
     quantized = quantized_modules(copied)
     for position, (module, codebook) in enumerate(quantized.values()):
         codebook.resize(1)
-        codebook.fit(module.parametrizations["weight"].original, quantizer.config, position)
+        codebook.fit(module.parametrizations["weight"].original,
+                     **quantizer.config.kmeans_settings(), seed=position)
     return size_report(copied).packed_bytes - sum(
         tensor_bytes(codebook.indices.numel(), codebook.groups, 1,
                      codebook.centroids.element_size()) for _, codebook in quantized.values())

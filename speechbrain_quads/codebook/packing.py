@@ -48,7 +48,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save, save_file
 from torch import nn
 
-from speechbrain_quads.codebook.quantization import MAX_BITS, quantized_modules
+from speechbrain_quads.codebook.parametrization import MAX_BITS
+from speechbrain_quads.codebook.quantization import quantized_modules
 from speechbrain_quads.models.positional import RECIPES, sinusoid_recipe, table_digest, whisper_sinusoids
 
 FORMAT_NAME = "speechbrain-quads-packed"
