@@ -9,7 +9,7 @@ from hyperpyyaml import load_hyperpyyaml
 from reuse.intent_brain import IntentBrain
 from training_setup import make_dataset, write_corpus
 
-from speechbrain_quads.training import brains
+from speechbrain_quads.training import quantization_brain
 
 REUSE = Path(__file__).parent / "reuse"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -32,8 +32,8 @@ def fenced(text: str, language: str) -> str:
 
 def test_readme_section_quantizes_a_speechbrain_xvector_project(tmp_path, monkeypatch):
     centroid_terms = []
-    centroid_loss = brains.centroid_loss
-    monkeypatch.setattr(brains, "centroid_loss", lambda *args: centroid_terms.append(
+    centroid_loss = quantization_brain.centroid_loss
+    monkeypatch.setattr(quantization_brain, "centroid_loss", lambda *args: centroid_terms.append(
         (term := centroid_loss(*args)).item()) or term)
     section = readme_section()
     user_yaml = (REUSE / "intent.yaml").read_text(encoding="utf-8")
