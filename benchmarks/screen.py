@@ -70,8 +70,8 @@ STUDIES = {
          ["--kmeans_init=optimal", "--recluster=reassign", "--quant_distill_weight=1.0"]),
         ("quads4_sensitive_optimal_reassign", "slurp_4bit.yaml",
          ["--kmeans_init=optimal", "--recluster=reassign", "--sensitivity_samples=128"]),
-        ("quads_mixed3_optimal_reassign", "slurp_4bit.yaml",
-         ["--kmeans_init=optimal", "--recluster=reassign", "--target_mb=2.81"]),
+        ("quads_mixed3.0mb_optimal_reassign", "slurp_4bit.yaml",
+         ["--kmeans_init=optimal", "--recluster=reassign", "--target_mb=3.0"]),
     ],
 }
 """Preset variant lists for ``--study``: (name, hparams file, train.py overrides)."""
