@@ -83,8 +83,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     overrides = argv[argv.index("--") + 1:] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus-dir", type=Path, required=True,
-                        help="a SLURP-layout corpus folder")
+    parser.add_argument("--corpus-dir", type=Path, default=None,
+                        help="a SLURP-layout corpus folder (needed unless --table)")
+    parser.add_argument("--table", action="store_true",
+                        help="print the screened variants as a markdown table and stop")
     parser.add_argument("--name", default=None, help="the variant's name (its row key)")
     parser.add_argument("--study", choices=sorted(STUDIES), default=None,
                         help="screen every variant of this preset not yet screened")
@@ -99,6 +101,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="teacher feature cache (default WORK/teacher_cache); the benchmark's "
                              "cache of the same corpus can be shared")
     args = parser.parse_args(own)
+    if args.table:
+        return args
+    if args.corpus_dir is None:
+        parser.error("--corpus-dir is required")
     if (args.name is None) == (args.study is None):
         parser.error("give --name (one variant) or --study (a preset), not both")
     args.overrides = overrides
@@ -156,6 +162,23 @@ def load(path: Path) -> list[dict]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
 
 
+def markdown(rows: list[dict], baselines: tuple[str, ...] = ("fp_default", "quads4_default")) -> str:
+    """The screened variants as a markdown table: valid accuracy, CI and the McNemar p against
+    the baselines that exist."""
+    shown = [b for b in baselines if any(r["name"] == b for r in rows)]
+    lines = ["| variant | hparams | train.py flags | valid (%) | 95% CI (%) | "
+             + " | ".join(f"p vs {b}" for b in shown) + " |",
+             "|---|---|---|---|---|" + "---|" * len(shown)]
+    for row in rows:
+        flags = " ".join(row["overrides"]) or ("(finished run)" if row["from_run"] else "(none)")
+        low, high = row["valid_ci95"]
+        cells = [f"{row['vs'][b]:.2g}" if b in row["vs"] else "-" for b in shown]
+        lines.append(f"| {row['name']} | {row['hparams']} | `{flags}` | "
+                     f"{100 * row['valid_accuracy']:.2f} | {100 * low:.1f}-{100 * high:.1f} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def study(args: argparse.Namespace) -> None:
     """Screen the preset's variants that the output does not hold yet, in order."""
     done = {row["name"] for row in load(args.output)}
@@ -169,4 +192,9 @@ def study(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     arguments = parse_args()
-    study(arguments) if arguments.study else screen(arguments)
+    if arguments.table:
+        print(markdown(load(arguments.output)))
+    elif arguments.study:
+        study(arguments)
+    else:
+        screen(arguments)

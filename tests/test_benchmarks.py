@@ -309,3 +309,7 @@ def test_screen_scores_runs_on_valid_and_pairs_them(quick, tmp_path):
     p_value = compare(*({i: int(c) for i, c in enumerate(r["valid_correct"])}
                         for r in (fp, quads))).p_value
     assert fp["vs"] == {"quads": p_value} and quads["vs"] == {"fp": p_value}
+    table = _run("benchmarks/screen.py", "--table", "--output", str(output),
+                 timeout=120).stdout.splitlines()
+    assert len(table) == 4 and table[2].startswith("| fp | slurp_4bit.yaml | `(finished run)` |")
+    assert f"| {100 * fp['valid_accuracy']:.2f} |" in table[2]
