@@ -365,12 +365,16 @@ def test_config_validation_names_the_field(field, value):
         QuantizationConfig(**{field: value})
 
 
-def test_group_size_must_divide_output_channels():
-    quantizer = CodebookQuantizer(QuantizationConfig(granularity="per_group", group_size=12))
-    model = make_model()
-    with pytest.raises(ValueError, match="group_size: 12 .* 32 .*'fc1'"):
-        quantizer.prepare(model)
-    assert quantized_modules(model) == {}  # nothing attached when prepare fails
+def test_group_size_that_does_not_divide_the_rows_gives_the_nearest_equal_split():
+    """group_size 12 on fc1's 32 rows: 32 / 12 = 2.67 -> 2 groups of 16 (the nearest divisor);
+    a 56-intent head with group_size 16 -> 56 / 16 = 3.5 -> 4 groups of 14 (ties: more)."""
+    quantizer = quantize_(make_model(), QuantizationConfig(granularity="per_group",
+                                                           group_size=12, bits=2))
+    assert quantizer.modules["fc1"][1].groups == 2
+    head = nn.Sequential(nn.Linear(8, 56))
+    grouped = quantize_(head, QuantizationConfig(granularity="per_group", group_size=16, bits=2))
+    assert grouped.modules["0"][1].groups == 4 and grouped.modules["0"][1].centroids.shape == (
+        4, 4)
 
 
 def test_checkpoint_round_trip_mid_training(tmp_path):

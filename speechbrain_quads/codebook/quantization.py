@@ -55,7 +55,8 @@ class QuantizationConfig:
         kmeans_iters: maximum Lloyd iterations per clustering.
         seed: seed of the (deterministic) clustering.
         granularity: ``per_tensor`` (one codebook per weight) or ``per_group``.
-        group_size: output channels (rows of dim 0) per codebook when ``per_group``.
+        group_size: output channels (rows of dim 0) per codebook when ``per_group`` (rounded
+            to the nearest equal split of a layer's rows when it does not divide them).
         module_types: class names of the modules whose ``weight`` is quantized (matched against
             the class and its bases, so subclasses of ``nn.Linear`` count as ``Linear``).
         include: regexes; if any are given, a module name must match one (``re.search``).
@@ -190,16 +191,18 @@ def select_modules(model: nn.Module, config: QuantizationConfig) -> list[tuple[s
 
 
 def _group_count(name: str, weight: torch.Tensor, config: QuantizationConfig) -> int:
-    """Number of codebooks for ``weight``: 1 per tensor, or rows / group_size per group."""
+    """Number of codebooks for ``weight``: 1 per tensor, or ``rows / group_size`` per group.
+
+    Groups are equal blocks of output channels, so when ``group_size`` does not divide the
+    rows (a 56-intent head with ``group_size: 16``), the count is the divisor of ``rows``
+    nearest to ``rows / group_size`` (ties: more groups), e.g. 4 groups of 14 rows.
+    """
     rows = weight.shape[0]
     if config.granularity == "per_tensor" or rows <= config.group_size:
         return 1
-    if rows % config.group_size:
-        raise ValueError(
-            f"group_size: {config.group_size} does not divide the {rows} output channels "
-            f"of module {name!r}"
-        )
-    return rows // config.group_size
+    wanted = rows / config.group_size
+    divisors = [d for d in range(1, rows + 1) if rows % d == 0]
+    return min(divisors, key=lambda d: (abs(d - wanted), -d))
 
 
 def quantized_modules(model: nn.Module) -> dict[str, tuple[nn.Module, CodebookParametrization]]:
