@@ -20,10 +20,10 @@ from test_packing import (  # noqa: F401 (fixtures)
 from torch import nn
 
 from speechbrain_quads.codebook import packing
+from speechbrain_quads.codebook.packed_format import MAX_GENERATED_ELEMENTS
 from speechbrain_quads.codebook.packing import (
     FORMAT_NAME,
     FORMAT_VERSION,
-    MAX_GENERATED_ELEMENTS,
     PackedFormatError,
     export_packed,
     load_packed,
