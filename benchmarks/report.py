@@ -57,7 +57,7 @@ COMPARISONS = [
     *[(f"kmeans_ptq:{b}", f"{peer}:{b}") for b in (2, 4, 8)
       for peer in ("kmeans_ptq_linear", "kmeans_ptq_sensitive")],
     *[(f"kmeans_ptq_sensitive:{b}", f"coremltools_skm:{b}") for b in (2, 4, 8)],
-    *[(f"kmeans_ptq_mixed:{b}", f"kmeans_ptq_sensitive:{b}") for b in (2, 4)],
+    *[(f"kmeans_ptq_mixed:{b}", f"kmeans_ptq_sensitive:{b}") for b in (2, 3, 4)],
     ("kmeans_ptq_mixed:3", "kmeans_ptq:4"), ("kmeans_ptq_mixed:3", "kmeans_ptq_sensitive:4"),
     *[(f"kmeans_ptq_outliers:{b}", f"kmeans_ptq_sensitive:{b}") for b in (2, 4)],
 ]
