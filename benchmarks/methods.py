@@ -165,7 +165,7 @@ def probe(encoder: nn.Module, datasets: dict[str, DynamicItemDataset], n_classes
     return {**_scores(predicted, test_y.tolist(), ids), "size_mb": params * 4 / MB}
 
 
-def kmeans_ptq(fp_run: Path, bits: int, out_dir: Path, seed: int, init: str = "optimal") -> dict:
+def kmeans_ptq(fp_run: Path, bits: int, out_dir: Path, seed: int, init: str = "linear") -> dict:
     """Cluster the fp student's weights at ``bits`` bits (no training, k-means ``init``),
     export, score.
 
@@ -186,7 +186,8 @@ def kmeans_ptq(fp_run: Path, bits: int, out_dir: Path, seed: int, init: str = "o
 
 def kmeans_ptq_sensitive(fp_run: Path, bits: int, out_dir: Path, samples: int, seed: int,
                          outlier_fraction: float = 0.0, mixed: bool = False) -> dict:
-    """:func:`kmeans_ptq` with each value's squared error weighted by its sensitivity: squared
+    """:func:`kmeans_ptq` (``optimal`` k-means, which solves the weighted problem) with each
+    value's squared error weighted by its sensitivity: squared
     gradients of the cross-entropy over ``samples`` shuffled training recordings, one per
     batch (the calibration of :func:`skm_palettize`; the same layers as QUADS); with
     ``outlier_fraction``, that share of each weight (largest sensitivity x w**2) kept exactly;
@@ -202,7 +203,7 @@ def kmeans_ptq_sensitive(fp_run: Path, bits: int, out_dir: Path, samples: int, s
     model, labels = load_student(fp_run)
     loader = DataLoader(datasets["train"], batch_size=1, shuffle=True, collate_fn=PaddedBatch)
     start = time.perf_counter()
-    quantizer = CodebookQuantizer(QuantizationConfig(bits=bits, seed=seed,
+    quantizer = CodebookQuantizer(QuantizationConfig(bits=bits, seed=seed, init="optimal",
                                                      outlier_fraction=outlier_fraction))
     quantizer.prepare(model)
     sensitivity = squared_gradients(quantizer, lambda batch: _task_loss(model, batch),

@@ -2,7 +2,7 @@
 """The benchmark's results store and its rendering: results.json, per-recording predictions,
 paired comparisons, results.md and the size plot.
 
-    python benchmarks/report.py [--results benchmarks/results.json]   # re-render results.md + plot
+    python benchmarks/report.py [--results benchmarks/results.json]   # comparisons, results.md, plot
 
 ``results.json`` = ``{"rows": [...], "comparisons": [...], "corpora": {...}, "invocations":
 [...]}``. A row is one (``method``, ``bits``, ``seed``, ``corpus``); it holds at least
@@ -37,7 +37,7 @@ LABELS = {
     "sequential": "Sequential: distil, then quantize",
     "quads_mct_random_init": "QUADS (MCT), random student init",
     "kmeans_ptq": "k-means PTQ of the fp student (no retraining)",
-    "kmeans_ptq_linear": "k-means PTQ, former linear init (30 Lloyd iterations)",
+    "kmeans_ptq_optimal": "k-means PTQ, near-exact optimal k-means",
     "kmeans_ptq_sensitive": "k-means PTQ weighted by squared gradients (128 recordings)",
     "kmeans_ptq_mixed": "the same, mixed widths (2-8 bits) in the uniform b-bit file's size",
     "kmeans_ptq_outliers": "the same, uniform width, 0.5 % of each weight kept exactly",
@@ -55,8 +55,9 @@ COMPARISONS = [
       for peer in ("sequential", "kmeans_ptq", "coremltools_dkm", "coremltools_skm",
                    "quads_mct_random_init", "kmeans_ptq_sensitive")],
     *[(f"kmeans_ptq:{b}", f"{peer}:{b}") for b in (2, 4, 8)
-      for peer in ("kmeans_ptq_linear", "kmeans_ptq_sensitive")],
-    *[(f"kmeans_ptq_sensitive:{b}", f"coremltools_skm:{b}") for b in (2, 4, 8)],
+      for peer in ("kmeans_ptq_optimal", "kmeans_ptq_sensitive")],
+    *[(f"kmeans_ptq_sensitive:{b}", f"{peer}:{b}") for b in (2, 4, 8)
+      for peer in ("coremltools_skm", "kmeans_ptq_optimal")],
     *[(f"kmeans_ptq_mixed:{b}", f"kmeans_ptq_sensitive:{b}") for b in (2, 3, 4)],
     ("kmeans_ptq_mixed:3", "kmeans_ptq:4"), ("kmeans_ptq_mixed:3", "kmeans_ptq_sensitive:4"),
     *[(f"kmeans_ptq_outliers:{b}", f"kmeans_ptq_sensitive:{b}") for b in (2, 4)],
@@ -393,11 +394,22 @@ def render(results_path: Path) -> None:
     plot(results, results_path.with_name("accuracy_vs_size.png"))
 
 
+def recompute(results_path: Path) -> None:
+    """Recompute results.json's ``comparisons`` from the stored predictions (under the lock)."""
+    with locked(results_path):
+        results = load(results_path)
+        results["comparisons"] = comparisons(results, results_path.parent)
+        write_atomic(results_path, json.dumps(results, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Re-render results.md and the plot.")
+    parser = argparse.ArgumentParser(description="Recompute the paired comparisons, re-render "
+                                                 "results.md and the plot.")
     parser.add_argument("--results", type=Path,
                         default=Path(__file__).resolve().parent / "results.json")
-    render(parser.parse_args(argv).results)
+    results = parser.parse_args(argv).results
+    recompute(results)
+    render(results)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,12 @@ Same data, same student (Whisper tiny.en), same teacher (Whisper base) for every
   training, each with a linear probe on pooled features.
 - ``quads_mct``: QUADS (``hparams/slurp_<b>bit.yaml``); ``sequential``: all distillation, then all
   quantization; ``quads_mct_random_init``: QUADS from a randomly initialised student.
-- ``kmeans_ptq`` (the engine's default ``optimal`` k-means), ``kmeans_ptq_linear`` (the former
-  ``linear`` default), ``kmeans_ptq_sensitive`` (k-means weighted by squared gradients over the
-  SKM calibration recordings), ``kmeans_ptq_mixed`` (the same, a width per tensor, at most the
-  size of the uniform ``bits``-bit file), ``kmeans_ptq_outliers`` (sensitive k-means with 0.5 %
-  of each weight kept exactly), ``torch_dynamic_int8``, ``coremltools_skm``,
-  ``coremltools_dkm``: applied to the fp student (``benchmarks/methods.py``).
+- ``kmeans_ptq`` (the engine's default ``linear`` k-means), ``kmeans_ptq_optimal`` (the
+  near-exact ``optimal`` k-means), ``kmeans_ptq_sensitive`` (``optimal`` k-means weighted by
+  squared gradients over the SKM calibration recordings), ``kmeans_ptq_mixed`` (the same, a
+  width per tensor, at most the size of the uniform ``bits``-bit file), ``kmeans_ptq_outliers``
+  (sensitive k-means with 0.5 % of each weight kept exactly), ``torch_dynamic_int8``,
+  ``coremltools_skm``, ``coremltools_dkm``: applied to the fp student (``benchmarks/methods.py``).
 
 Every finished row is merged into ``--output``/results.json at once (atomic write under a lock:
 two invocations with other ``--methods`` or ``--seeds`` may run side by side, one thread each
@@ -76,14 +76,14 @@ TRAIN_ARGS = {"full": [], "quick": ["--mct_iterations=1"]}
 
 METHOD_BITS = {
     "full": {"fp_student": [32], "student_probe": [32], "teacher": [32], "quads_mct": [2, 4, 8],
-             "kmeans_ptq": [2, 4, 8], "kmeans_ptq_linear": [2, 4, 8],
+             "kmeans_ptq": [2, 4, 8], "kmeans_ptq_optimal": [2, 4, 8],
              "kmeans_ptq_sensitive": [2, 4, 8], "kmeans_ptq_mixed": [2, 3, 4],
              "kmeans_ptq_outliers": [2, 4],
              "torch_dynamic_int8": [8],
              "coremltools_skm": [2, 4, 8], "sequential": [2, 4], "coremltools_dkm": [2, 4, 8],
              "quads_mct_random_init": [4]},
     "quick": {"fp_student": [32], "student_probe": [32], "teacher": [32], "quads_mct": [2],
-              "kmeans_ptq": [2], "kmeans_ptq_linear": [2], "kmeans_ptq_sensitive": [2],
+              "kmeans_ptq": [2], "kmeans_ptq_optimal": [2], "kmeans_ptq_sensitive": [2],
               "kmeans_ptq_mixed": [2], "kmeans_ptq_outliers": [2],
               "torch_dynamic_int8": [8], "coremltools_skm": [2], "sequential": [2],
               "coremltools_dkm": [2], "quads_mct_random_init": [2]},
@@ -324,8 +324,8 @@ class Benchmark:
                 base.update(gmacs=compute["teacher_gmacs_real_length"],
                             gmacs_30s=compute["teacher_gmacs_30s"])
             result = {**result, "packed_mb": result.pop("size_mb")}
-        elif method in ("kmeans_ptq", "kmeans_ptq_linear"):
-            init = "linear" if method == "kmeans_ptq_linear" else "optimal"
+        elif method in ("kmeans_ptq", "kmeans_ptq_optimal"):
+            init = "optimal" if method == "kmeans_ptq_optimal" else "linear"
             result = self.cached(seed, key, {"run": run, "seed": seed, "init": init},
                                  functools.partial(methods.kmeans_ptq, folder, bits, exports, seed,
                                                    init))

@@ -17,7 +17,7 @@ import report  # noqa: E402  (benchmarks/report.py: the results store)
 
 ROW_KEYS = {"method", "bits", "seed", "corpus", "n_test", "n_intents", "accuracy", "ci95",
             "macro_f1", "packed_mb", "gmacs", "train_seconds"}
-METHODS = {"teacher", "student_probe", "fp_student", "kmeans_ptq", "kmeans_ptq_linear",
+METHODS = {"teacher", "student_probe", "fp_student", "kmeans_ptq", "kmeans_ptq_optimal",
            "kmeans_ptq_sensitive", "kmeans_ptq_mixed", "kmeans_ptq_outliers", "sequential",
            "quads_mct", "quads_mct_random_init", "torch_dynamic_int8", "coremltools_dkm",
            "coremltools_skm"}
@@ -25,8 +25,9 @@ QUICK_PAIRS = {("student_probe:32", "fp_student:32"), ("teacher:32", "fp_student
                *{("quads_mct:2", f"{peer}:2") for peer in (
                    "sequential", "kmeans_ptq", "coremltools_dkm", "coremltools_skm",
                    "quads_mct_random_init", "kmeans_ptq_sensitive")},
-               ("kmeans_ptq:2", "kmeans_ptq_linear:2"), ("kmeans_ptq:2", "kmeans_ptq_sensitive:2"),
+               ("kmeans_ptq:2", "kmeans_ptq_optimal:2"), ("kmeans_ptq:2", "kmeans_ptq_sensitive:2"),
                ("kmeans_ptq_sensitive:2", "coremltools_skm:2"),
+               ("kmeans_ptq_sensitive:2", "kmeans_ptq_optimal:2"),
                ("kmeans_ptq_mixed:2", "kmeans_ptq_sensitive:2"),
                ("kmeans_ptq_outliers:2", "kmeans_ptq_sensitive:2")}
 
@@ -72,14 +73,14 @@ def test_quick_rows_cover_every_method_with_sane_values(quick):
     by_key = _rows(results)
     fp = by_key[("fp_student", 32)]
     assert fp["reevaluated_accuracy"] == pytest.approx(fp["accuracy"])  # in-process == train.py
-    for method in ("teacher", "student_probe", "kmeans_ptq", "kmeans_ptq_linear",
+    for method in ("teacher", "student_probe", "kmeans_ptq", "kmeans_ptq_optimal",
                    "kmeans_ptq_sensitive", "kmeans_ptq_mixed", "kmeans_ptq_outliers",
                    "torch_dynamic_int8", "coremltools_dkm",
                    "coremltools_skm"):  # derived from this very fp student
         row = next(r for r in results["rows"] if r["method"] == method)
         assert row["fp_model_sha256"] == fp["model_sha256"]
     assert by_key[("quads_mct", 2)]["packed_mb"] < fp["packed_mb"] / 6
-    for method in ("kmeans_ptq", "kmeans_ptq_linear", "kmeans_ptq_sensitive", "kmeans_ptq_mixed",
+    for method in ("kmeans_ptq", "kmeans_ptq_optimal", "kmeans_ptq_sensitive", "kmeans_ptq_mixed",
                    "sequential", "quads_mct_random_init", "coremltools_dkm", "coremltools_skm"):
         assert by_key[(method, 2)]["packed_mb"] == pytest.approx(
             by_key[("quads_mct", 2)]["packed_mb"], rel=0.01)

@@ -57,7 +57,7 @@ def test_optimal_init_on_whisper_tiny_weights(tiny_dir, bits):
 def test_optimal_init_keeps_every_centroid_in_use_with_repeated_values():
     """Rows dominated by one repeated value (pruned weights) still get k distinct centroids."""
     values = np.concatenate([np.zeros(50_000), np.linspace(-1.0, 1.0, 3_000)])
-    centroids, indices = kmeans_1d(torch.from_numpy(values).unsqueeze(0), 16)
+    centroids, indices = kmeans_1d(torch.from_numpy(values).unsqueeze(0), 16, init="optimal")
     assert torch.unique(centroids).numel() == 16
     assert torch.unique(indices).numel() == 16
     assert squared_error(values, centroids[0].numpy(), indices[0].numpy()) <= 1.01 * (
@@ -72,7 +72,7 @@ def test_weighted_kmeans_equals_kmeans_of_the_replicated_values(heavy_tailed):
     weights[np.random.default_rng(2).random(values.size) < 0.3] += 1
     replicated = np.repeat(values, weights)
     for k in (4, 16):
-        centroids, indices = kmeans_1d(torch.from_numpy(values).unsqueeze(0), k,
+        centroids, indices = kmeans_1d(torch.from_numpy(values).unsqueeze(0), k, init="optimal",
                                        weights=torch.from_numpy(weights).double().unsqueeze(0))
         error = float((weights * np.square(values - centroids[0].numpy()[indices[0].numpy()]))
                       .sum())
@@ -82,7 +82,7 @@ def test_weighted_kmeans_equals_kmeans_of_the_replicated_values(heavy_tailed):
 
 def _unweighted(values: np.ndarray, weights: np.ndarray, k: int):
     """The unweighted clustering of ``values``, applied to the replicated values."""
-    centroids, indices = kmeans_1d(torch.from_numpy(values).unsqueeze(0), k)
+    centroids, indices = kmeans_1d(torch.from_numpy(values).unsqueeze(0), k, init="optimal")
     return centroids[0].numpy(), np.repeat(indices[0].numpy(), weights)
 
 
