@@ -38,6 +38,7 @@ import argparse
 import csv
 import datetime
 import functools
+import hashlib
 import json
 import multiprocessing
 import os
@@ -220,11 +221,16 @@ class Benchmark:
         self.measured: list[str] = []
 
     def _check_config(self) -> None:
-        """Refuse a work folder that holds runs of another corpus or schedule."""
+        """Refuse a work folder that holds runs of another corpus, schedule or recipe (the
+        SHA-256 of the recipe's hparams files: its finished runs would be re-used as if they
+        were trained with today's defaults)."""
         corpus_dir = str(self.args.corpus_dir.resolve()) if self.args.corpus_dir else None
+        digest = hashlib.sha256()
+        for path in sorted((RECIPE / "hparams").glob("*.yaml")):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
         config = {"corpus": self.args.label, "corpus_dir": corpus_dir,
                   "mini": MINI[self.args.size] if corpus_dir is None else None,
-                  "train_args": self.train_args}
+                  "train_args": self.train_args, "recipe_sha256": digest.hexdigest()[:16]}
         path = self.work / "benchmark_config.json"
         if path.is_file():
             found = json.loads(path.read_text())

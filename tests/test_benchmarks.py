@@ -314,3 +314,20 @@ def test_screen_scores_runs_on_valid_and_pairs_them(quick, tmp_path):
                  timeout=120).stdout.splitlines()
     assert len(table) == 4 and table[2].startswith("| fp | slurp_4bit.yaml | `(finished run)` |")
     assert f"| {100 * fp['valid_accuracy']:.2f} |" in table[2]
+
+
+def test_work_folder_of_another_recipe_is_refused(quick, tmp_path):
+    """Runs trained with other recipe defaults (another hparams digest) are not re-used."""
+    import shutil
+
+    _, work, _ = quick
+    copy = tmp_path / "work"
+    shutil.copytree(work / "corpus", copy / "corpus")
+    config = json.loads((work / "benchmark_config.json").read_text())
+    assert len(config["recipe_sha256"]) == 16
+    (copy / "benchmark_config.json").write_text(json.dumps({**config,
+                                                             "recipe_sha256": "0" * 16}))
+    result = subprocess.run([sys.executable, "benchmarks/run.py", "--quick", "--work", str(copy),
+                             "--output", str(tmp_path / "refused")],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "recipe_sha256" in result.stderr
