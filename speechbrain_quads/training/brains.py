@@ -97,9 +97,7 @@ class DistillationBrain(PhaseBrain):
         if init not in ("random", "probe"):
             raise ValueError(f"classifier_init: {init!r} is not one of ('random', 'probe')")
         if init == "probe" and fresh:
-            features, labels = pooled_features(self.modules.student.eval(), train_set)
-            head = fit_probe(features, labels, self.modules.classifier.n_intents,
-                             seed=getattr(self.hparams, "seed", 0))
+            head = self._probe_of(self.modules.student, train_set)
             fold_into_linear(head, self.modules.classifier.linear)
             self.modules.student.train()
         if self.logit_weight > 0 and self.teacher_head is None:
@@ -108,13 +106,18 @@ class DistillationBrain(PhaseBrain):
                 width = self.modules.teacher.output_size
                 self.teacher_head = ProbeHead(width, n_classes).requires_grad_(False)
             else:
-                features, labels = pooled_features(self.modules.teacher.eval(), train_set)
-                self.teacher_head = fit_probe(features, labels, n_classes,
-                                              seed=getattr(self.hparams, "seed", 0))
+                self.teacher_head = self._probe_of(self.modules.teacher, train_set)
             self.teacher_head.to(self.device)
             if self.checkpointer is not None:
                 self.checkpointer.add_recoverable("teacher_head", self.teacher_head)
         super().fit(epoch_counter, train_set, valid_set, *args, **kwargs)
+
+    def _probe_of(self, encoder: torch.nn.Module, dataset) -> ProbeHead:
+        """A linear probe of the frozen ``encoder``'s pooled features over ``dataset`` (the
+        encoder is left in eval mode)."""
+        features, labels = pooled_features(encoder.eval(), dataset)
+        return fit_probe(features, labels, self.modules.classifier.n_intents,
+                         seed=getattr(self.hparams, "seed", 0))
 
     def build_plan(self, epochs: int) -> PhasePlan:
         """Every epoch distils."""
