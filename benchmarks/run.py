@@ -25,9 +25,14 @@ two invocations with other ``--methods`` or ``--seeds`` may run side by side, on
 with ``OMP_NUM_THREADS=1``; rows of other methods, seeds and corpora are kept). A row records the
 SHA-256 of the corpus files (``corpus_sha256``; rows of two generations of a corpus are never
 paired) and names its per-recording correctness in ``predictions/<corpus>/``; results.md and
-the plot are re-rendered (``report.py``). A row already in results.json is skipped (``--redo``
-measures it again), and the runs in ``--work`` (train.py resumes from its last checkpoint) and
-its cached in-process rows are re-used, so the table can be built over several sittings.
+the plot are re-rendered (``report.py``). A row records ``recipe_sha256``, the SHA-256 of what
+its recipe hparams file says, comments and layout aside (for the rows derived from the fp
+student, the fp student's file); a row already in results.json under today's file is skipped
+(``--redo`` measures it again), one measured under another version of its file is measured
+again and replaced. Runs live in ``--work``/runs/seed<seed>/<name>-<recipe_sha256[:8]>
+(train.py resumes from its last checkpoint; a changed recipe file starts a new folder, never
+re-using a run of other defaults) and cached
+in-process rows are re-used, so the table can be built over several sittings.
 ``--quick`` is CI-sized (mini corpus of 4 intents, one
 MCT round, 2 bits) and writes into ``--work``/report unless ``--output`` is given.
 """
@@ -61,6 +66,7 @@ import demo  # noqa: E402
 import methods  # noqa: E402
 import report  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from hyperpyyaml import load_hyperpyyaml  # noqa: E402
 
 MINI = {"full": {"n_intents": 12, "n_train": 480, "n_valid": 96, "n_test": 120,
@@ -189,6 +195,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+FP_HPARAMS = "hparams/slurp_32bit.yaml"
+"""The fp student's recipe file (relative to the recipe folder)."""
+
+
+@functools.cache
+def recipe_sha256(hparams: str) -> str:
+    """SHA-256 (16 hex digits) of what a recipe hparams file says (e.g.
+    ``hparams/slurp_4bit.yaml``): its YAML node tree re-serialised, so comments and layout do not
+    count, but every key, value and tag does."""
+    text = (RECIPE / hparams).read_text(encoding="utf-8")
+    canonical = yaml.serialize(yaml.compose(text, Loader=yaml.SafeLoader))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
 def _run_id(run: Path) -> str:
     """A run folder and the SHA-256 of its exported model (16 hex digits): cached rows of a
     retrained fp student (same folder, other weights) are not re-used, and rows record the fp
@@ -221,16 +241,12 @@ class Benchmark:
         self.measured: list[str] = []
 
     def _check_config(self) -> None:
-        """Refuse a work folder that holds runs of another corpus, schedule or recipe (the
-        SHA-256 of the recipe's hparams files: its finished runs would be re-used as if they
-        were trained with today's defaults)."""
+        """Refuse a work folder that holds runs of another corpus or schedule (its finished runs
+        would be re-used as if they were trained on this one)."""
         corpus_dir = str(self.args.corpus_dir.resolve()) if self.args.corpus_dir else None
-        digest = hashlib.sha256()
-        for path in sorted((RECIPE / "hparams").glob("*.yaml")):
-            digest.update(path.name.encode() + b"\0" + path.read_bytes())
         config = {"corpus": self.args.label, "corpus_dir": corpus_dir,
                   "mini": MINI[self.args.size] if corpus_dir is None else None,
-                  "train_args": self.train_args, "recipe_sha256": digest.hexdigest()[:16]}
+                  "train_args": self.train_args}
         path = self.work / "benchmark_config.json"
         if path.is_file():
             found = json.loads(path.read_text())
@@ -244,7 +260,7 @@ class Benchmark:
         """Run (or re-use) ``train.py hparams extra``; returns its summary.json plus
         ``train_seconds`` (wall time of the train.py process, None if run outside this script),
         ``resumed`` and ``folder``."""
-        output = self.work / "runs" / f"seed{seed}" / name
+        output = self.work / "runs" / f"seed{seed}" / f"{name}-{recipe_sha256(hparams)[:8]}"
         timing = output / "benchmark_timing.json"
         if not (output / "summary.json").is_file():
             resumed = output.exists()
@@ -263,7 +279,7 @@ class Benchmark:
     def fp(self, seed: int) -> dict:
         """The fp student run of ``seed``; a newly trained one replaces its stored row at once,
         so the rows derived from it and its own row always describe the same run."""
-        run = self.train(seed, "fp_student", "hparams/slurp_32bit.yaml", [])
+        run = self.train(seed, "fp_student", FP_HPARAMS, [])
         if seed in self.fresh:
             self.fresh.discard(seed)
             self.store(self.trained_row("fp_student", 32, seed))
@@ -282,6 +298,7 @@ class Benchmark:
                "gmacs": compute["student_gmacs_real_length"],
                "train_seconds": run["train_seconds"], "gmacs_30s": compute["student_gmacs_30s"],
                "resumed": run["resumed"], "model_sha256": _run_id(folder).split("@")[1],
+               "recipe_sha256": recipe_sha256(hparams),
                "command": " ".join(
                    ["python train.py", hparams, f"--seed={seed}", *TRAINED[method],
                     *TRAIN_ARGS[self.args.size]])}
@@ -318,7 +335,8 @@ class Benchmark:
         base = {**self._base(method, bits, seed, folder), "accuracy": None, "macro_f1": None,
                 "packed_mb": None, "gmacs": compute["student_gmacs_real_length"],
                 "train_seconds": None, "gmacs_30s": compute["student_gmacs_30s"],
-                "fp_model_sha256": _run_id(folder).split("@")[1]}
+                "fp_model_sha256": _run_id(folder).split("@")[1],
+                "recipe_sha256": recipe_sha256(FP_HPARAMS)}
         key, run = f"{method}_{bits}bit", _run_id(folder)
         exports = self.work / "exports" / f"seed{seed}" / key
         if method in ("teacher", "student_probe"):
@@ -387,7 +405,7 @@ class Benchmark:
 
     def _probe(self, method: str, folder: Path, seed: int) -> dict:
         """Linear probe of the frozen teacher or pretrained student (timed)."""
-        with open(RECIPE / "hparams" / "slurp_32bit.yaml", encoding="utf-8") as handle:
+        with open(RECIPE / FP_HPARAMS, encoding="utf-8") as handle:
             hparams = load_hyperpyyaml(handle, {"data_folder": str(self.corpus),
                                                 "output_folder": str(folder)})
         datasets, labels = methods.run_datasets(folder)
@@ -399,9 +417,11 @@ class Benchmark:
 
     # ------------------------------------------------------------------ all rows
     def finished(self, method: str, bits: int, seed: int) -> bool:
-        """The row is in results.json, measured with its predictions or skipped with a reason."""
+        """The row is in results.json under today's recipe file, measured with its predictions
+        or skipped with a reason."""
         row = report.find(report.load(self.results), self.args.label, method, bits, seed)
-        if row is None or self.args.redo:
+        hparams = f"hparams/slurp_{bits}bit.yaml" if method in TRAINED else FP_HPARAMS
+        if row is None or self.args.redo or row.get("recipe_sha256") != recipe_sha256(hparams):
             return False
         return bool(row.get("skipped")) or report.read_predictions(self.args.output, row) is not None
 
@@ -437,7 +457,8 @@ class Benchmark:
 
     def corpus_info(self) -> dict:
         """The corpus' description for results.md, with split sizes from the first fp run."""
-        fp = self.work / "runs" / f"seed{self.args.seeds[0]}" / "fp_student"
+        fp = (self.work / "runs" / f"seed{self.args.seeds[0]}"
+              / f"fp_student-{recipe_sha256(FP_HPARAMS)[:8]}")
         sizes = {}
         for split, name in (("train", "train-type=direct.csv"), ("valid", "devel-type=direct.csv"),
                             ("test", "test-type=direct.csv")):

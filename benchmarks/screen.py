@@ -4,7 +4,7 @@
     python benchmarks/screen.py --corpus-dir results/slurp_text_corpus \
         --name fp_alpha0.9 --hparams slurp_32bit.yaml -- --alpha=0.9
     python benchmarks/screen.py --corpus-dir results/slurp_text_corpus \
-        --name fp_default --from-run results/benchmark/slurp_text/runs/seed1/fp_student
+        --name fp_default --from-run results/benchmark/slurp_text/runs/seed1/fp_student-*
 
     python benchmarks/screen.py --corpus-dir results/slurp_text_corpus --study schedule
 

@@ -298,7 +298,8 @@ def test_screen_scores_runs_on_valid_and_pairs_them(quick, tmp_path):
     output = tmp_path / "screening.json"
     for name, run in (("fp", "fp_student"), ("quads", "quads_mct_2bit")):
         _run("benchmarks/screen.py", "--corpus-dir", str(work / "corpus"), "--name", name,
-             "--from-run", str(work / "runs" / "seed1" / run), "--output", str(output),
+             "--from-run", str(next((work / "runs" / "seed1").glob(f"{run}-*"))),
+             "--output", str(output),
              timeout=300)
     fp, quads = json.loads(output.read_text())
     for row in (fp, quads):
@@ -316,18 +317,47 @@ def test_screen_scores_runs_on_valid_and_pairs_them(quick, tmp_path):
     assert f"| {100 * fp['valid_accuracy']:.2f} |" in table[2]
 
 
-def test_work_folder_of_another_recipe_is_refused(quick, tmp_path):
-    """Runs trained with other recipe defaults (another hparams digest) are not re-used."""
+def test_rows_and_runs_follow_their_recipe_file(quick, tmp_path):
+    """A run's folder is named by its recipe file's digest, and a row measured under another
+    version of its recipe file is measured again (runs of other defaults are never re-used)."""
+    import shutil
+
+    import run  # benchmarks/run.py
+
+    output, work, results = quick
+    digests = {bits: run.recipe_sha256(f"hparams/slurp_{bits}bit.yaml") for bits in (2, 32)}
+    by_key = _rows(results)
+    for key, bits in ((("fp_student", 32), 32), (("quads_mct", 2), 2), (("kmeans_ptq", 2), 32)):
+        assert by_key[key]["recipe_sha256"] == digests[bits]
+    assert (work / "runs" / "seed1" / f"fp_student-{digests[32][:8]}" / "summary.json").is_file()
+    copy = tmp_path / "out"
+    shutil.copytree(output, copy)
+    stale = json.loads((copy / "results.json").read_text())
+    for row in stale["rows"]:
+        if (row["method"], row["bits"]) == ("kmeans_ptq", 2):
+            row["recipe_sha256"] = "0" * 16  # as if measured under an older slurp_32bit.yaml
+    (copy / "results.json").write_text(json.dumps(stale))
+    again = _run("benchmarks/run.py", "--quick", "--work", str(work), "--output", str(copy),
+                 "--methods", "kmeans_ptq,torch_dynamic_int8", timeout=300)
+    assert "kmeans_ptq 2 bits seed 1: in results.json" not in again.stdout
+    assert "stored mini_quick/kmeans_ptq_2bit_seed1" in again.stdout
+    assert "torch_dynamic_int8 8 bits seed 1: in results.json" in again.stdout
+    row = next(r for r in json.loads((copy / "results.json").read_text())["rows"]
+               if (r["method"], r["bits"]) == ("kmeans_ptq", 2))
+    assert row["recipe_sha256"] == digests[32]
+
+
+def test_work_folder_of_another_corpus_is_refused(quick, tmp_path):
+    """Runs of another corpus or schedule are not re-used."""
     import shutil
 
     _, work, _ = quick
     copy = tmp_path / "work"
     shutil.copytree(work / "corpus", copy / "corpus")
     config = json.loads((work / "benchmark_config.json").read_text())
-    assert len(config["recipe_sha256"]) == 16
     (copy / "benchmark_config.json").write_text(json.dumps({**config,
-                                                             "recipe_sha256": "0" * 16}))
+                                                             "train_args": ["--mct_iterations=9"]}))
     result = subprocess.run([sys.executable, "benchmarks/run.py", "--quick", "--work", str(copy),
                              "--output", str(tmp_path / "refused")],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0 and "recipe_sha256" in result.stderr
+    assert result.returncode != 0 and "use another --work" in result.stderr
