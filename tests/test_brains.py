@@ -274,6 +274,57 @@ def test_distillation_through_the_quantizer(tmp_path, corpus, tiny_dir, base_dir
     assert len(log) == 2 and all("nan" not in line for line in log)
 
 
+def test_self_distillation_matches_the_full_precision_student(tmp_path, corpus, tiny_dir,
+                                                              base_dir):
+    """``quant_self_distill_weight``: in quantization steps the reference is the same input
+    through the latent weights (equal to a forward with the quantizer off), the step's own
+    forward still runs through the codebooks, and the term is logged; distillation steps and
+    evaluation compute no reference."""
+    from speechbrain_quads.training.losses import self_distillation_loss
+
+    overrides = {"mct_iterations": 1, "final_quant_epochs": 0, "quant_self_distill_weight": 1.0}
+    brain, hparams = make_brain(tmp_path, tiny_dir, base_dir, overrides)
+    checks = []
+    encode = brain.encode
+
+    def checking_encode(wavs, lens, stage):
+        out = encode(wavs, lens, stage)
+        if brain.reference is not None:
+            mode = brain.quantizer.mode
+            brain.quantizer.set_mode("off")
+            with torch.no_grad():
+                latent = brain.modules.student(wavs, lens)[0]
+            brain.quantizer.set_mode(mode)
+            checks.append((stage, mode, torch.allclose(latent, brain.reference, atol=1e-6),
+                           float(self_distillation_loss(out[0].detach(), brain.reference, out[1]))))
+        else:
+            checks.append((stage, brain.quantizer.mode if brain.quantizer.clustered else "off",
+                           None, None))
+        return out
+
+    brain.encode = checking_encode
+    fit(brain, hparams, corpus[1])
+    quant_train = [c for c in checks if c[2] is not None]
+    assert quant_train and all(c[0] == sb.Stage.TRAIN and c[1] == "train" for c in quant_train)
+    assert all(same and loss > 0 for _, _, same, loss in quant_train)  # codebooks differ
+    assert len(quant_train) == sum(1 for c in checks if c[0] == sb.Stage.TRAIN) // 2
+    log = (tmp_path / "train_log.txt").read_text().splitlines()
+    assert "self_l1" not in log[0] and "train self_l1" in log[1]
+
+
+def test_self_distillation_loss_masks_padding_and_averages_layers():
+    from speechbrain_quads.training.losses import self_distillation_loss
+
+    reference = torch.zeros(3, 2, 4, 5)
+    hidden = reference.clone()
+    hidden[:, 1, 2:] = 7.0  # padded frames of utterance 1 (relative length 0.5): ignored
+    hidden[1, 0, 0] = 1.0  # one frame of one layer off by 1 in every channel
+    loss = self_distillation_loss(hidden, reference, torch.tensor([1.0, 0.5]))
+    assert loss.item() == pytest.approx(5 / (3 * 6 * 5))  # 3 layers x 6 valid frames x 5 ch
+    with pytest.raises(ValueError, match="differ in shape"):
+        self_distillation_loss(hidden, reference[:2], torch.tensor([1.0, 0.5]))
+
+
 def test_size_target_gives_mixed_widths_that_fit_and_survive_resume(tmp_path, corpus, tiny_dir,
                                                                     base_dir):
     """``target_mb`` (the uniform 3-bit size): calibration, a width per tensor stored in

@@ -47,6 +47,7 @@ from speechbrain_quads.training.losses import (
     distillation_objective,
     distilled_task_loss,
     logit_distillation_loss,
+    self_distillation_loss,
 )
 from speechbrain_quads.training.phase_brain import PhaseBrain, codebook_ids
 from speechbrain_quads.training.probe import (
@@ -155,13 +156,17 @@ class DistillationBrain(PhaseBrain):
             if student_wavs.shape[0] != wavs.shape[0]:
                 raise ValueError("augmentation must keep the batch size (teacher features and "
                                  "labels are per clean utterance)")
-        hidden, frame_lens = self.modules.student(student_wavs, student_lens)
-        logits = self.modules.classifier(hidden[-1], frame_lens)
+        hidden, frame_lens, logits = self.encode(student_wavs, student_lens, stage)
         teacher = None
         if self.needs_teacher(stage):
             frames = torch.round(frame_lens * hidden.shape[2]).long().tolist()
             teacher = self.teacher_features(batch.id, wavs, lens, frames, hidden.shape[2])
         return logits, hidden, frame_lens, teacher
+
+    def encode(self, wavs: torch.Tensor, lens: torch.Tensor, stage) -> tuple:
+        """The student's input (B, T) -> (hidden (L+1, B, T', C), frame lens (B,), logits (B, K))."""
+        hidden, frame_lens = self.modules.student(wavs, lens)
+        return hidden, frame_lens, self.modules.classifier(hidden[-1], frame_lens)
 
     def teacher_features(self, ids: list[str], wavs: torch.Tensor, lens: torch.Tensor,
                          student_frames: list[int], frames: int) -> torch.Tensor:
@@ -277,9 +282,35 @@ class MCTBrain(QuantizationBrain, DistillationBrain):
     hparams used besides both bases': ``phase_plan`` (PhasePlan: strategy, iterations, epochs per
     phase, final quantization epochs), ``quant_distill_weight`` (L1 weight in quantization
     phases, default 0: no teacher there; the paper's ``gamma * L_dis + (1 - gamma) * L_quant``
-    up to scale), ``commit_after_quant`` (default false) and ``distill_through_quantizer``
-    (default false: quantization-aware distillation, see :attr:`through_quantizer`).
+    up to scale), ``quant_self_distill_weight`` (default 0; see :meth:`encode`),
+    ``commit_after_quant`` (default false) and ``distill_through_quantizer`` (default false:
+    quantization-aware distillation, see :attr:`through_quantizer`).
     """
+
+    reference: torch.Tensor | None = None
+    """The current quantization step's full-precision hidden states (see :meth:`encode`)."""
+
+    @property
+    def self_distill_weight(self) -> float:
+        """``quant_self_distill_weight`` (0: off)."""
+        return float(getattr(self.hparams, "quant_self_distill_weight", 0.0) or 0.0)
+
+    def encode(self, wavs: torch.Tensor, lens: torch.Tensor, stage) -> tuple:
+        """With ``quant_self_distill_weight`` in a quantization training step, first runs the same
+        input through the latent weights (quantizer off, no gradient) and keeps those hidden
+        states in :attr:`reference`: the codebooks then learn to reproduce what the
+        full-precision student computes on every layer, a signal that does not vanish once the
+        training set is fitted (CE does)."""
+        self.reference = None
+        if stage == sb.Stage.TRAIN and self.phase.kind == QUANT and self.self_distill_weight > 0:
+            mode = self.quantizer.mode
+            self.quantizer.set_mode("off")
+            try:
+                with torch.no_grad():
+                    self.reference = self.modules.student(wavs, lens)[0]
+            finally:
+                self.quantizer.set_mode(mode)
+        return super().encode(wavs, lens, stage)
 
     def build_plan(self, epochs: int) -> PhasePlan:
         """The plan from the hparams (``strategy: mct | sequential | distill_only | quant_only``)."""
@@ -292,8 +323,9 @@ class MCTBrain(QuantizationBrain, DistillationBrain):
         return super().needs_teacher(stage)
 
     def loss_terms(self, predictions, targets, stage) -> dict[str, torch.Tensor]:
-        """In quantization training: ``CE + quant_distill_weight * L1`` (the centroid term is
-        added by QuantizationBrain); otherwise DistillationBrain's terms."""
+        """In quantization training: ``CE + quant_distill_weight * L1 + quant_self_distill_weight *
+        L_self`` (the centroid term is added by QuantizationBrain); otherwise DistillationBrain's
+        terms."""
         if not (stage == sb.Stage.TRAIN and self.phase.kind == QUANT):
             return super().loss_terms(predictions, targets, stage)
         logits, hidden, lens, teacher = predictions
@@ -302,6 +334,9 @@ class MCTBrain(QuantizationBrain, DistillationBrain):
             terms["l1"] = self.modules.distill(hidden, teacher, lens)
         weight = getattr(self.hparams, "quant_distill_weight", 0.0)
         terms["loss"] = distilled_task_loss(terms["ce"], terms.get("l1"), weight)
+        if self.reference is not None:
+            terms["self_l1"] = self_distillation_loss(hidden, self.reference, lens)
+            terms["loss"] = terms["loss"] + self.self_distill_weight * terms["self_l1"]
         return terms
 
     def enter_phase(self, phase: EpochPhase, resumed: bool) -> None:

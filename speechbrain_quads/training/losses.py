@@ -1,7 +1,9 @@
 """Every QUADS loss term: feature distillation, cross-entropy, the centroid term and their mixes.
 
 - distillation phases: ``alpha * L1(student, teacher) + (1 - alpha) * CE``;
-- quantization phases: ``CE + quant_distill_weight * L1 + centroid_weight * L_centroid``, where
+- quantization phases: ``CE + quant_distill_weight * L1 + quant_self_distill_weight * L_self +
+  centroid_weight * L_centroid``, where ``L_self`` is the L1 between the student's hidden states
+  through its codebooks and through its own full-precision latent weights, and
   ``L_centroid = ||W - C[idx]||^2 / ||W||^2`` is the relative squared error between the latent
   (full-precision) weights and their assigned centroids: it anchors the trained codebook to the
   clusters of the weights while CE moves the centroids (dimensionless, about 1e-2 at 4 bits).
@@ -122,6 +124,29 @@ def logit_distillation_loss(student: torch.Tensor, teacher: torch.Tensor,
     log_teacher = nn.functional.log_softmax(teacher.float() / temperature, dim=-1)
     return temperature**2 * nn.functional.kl_div(log_student, log_teacher, log_target=True,
                                                  reduction="batchmean")
+
+
+def self_distillation_loss(hidden: torch.Tensor, reference: torch.Tensor,
+                           lens: torch.Tensor) -> torch.Tensor:
+    """Mean L1 between the quantized student's hidden states and its own full-precision ones,
+    over every layer, valid frame and channel, in float32 (0-dim).
+
+    Arguments
+    ---------
+    hidden : torch.Tensor
+        (L+1, B, T, C) hidden states of the forward through the codebooks.
+    reference : torch.Tensor
+        (L+1, B, T, C) hidden states of the same input through the latent weights (no gradient).
+    lens : torch.Tensor
+        (B,) relative valid lengths.
+    """
+    if hidden.shape != reference.shape:
+        raise ValueError(f"hidden states {tuple(hidden.shape)} and their full-precision "
+                         f"reference {tuple(reference.shape)} differ in shape")
+    frames = torch.round(lens * hidden.shape[2]).long().clamp(min=1)
+    mask = frame_mask(frames, hidden.shape[2]).to(torch.float32)[None, :, :, None]
+    l1 = ((hidden.float() - reference.float()).abs() * mask).sum()
+    return l1 / (mask.sum() * hidden.shape[0] * hidden.shape[-1])
 
 
 def distillation_objective(alpha: float, l1: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:
