@@ -17,9 +17,11 @@ picks a knob.
 
 ``--study NAME`` screens every variant of a preset (:data:`STUDIES`) not yet in the output, one
 after the other: ``schedule`` is the paper's third open question at 4 bits (MCT rounds 3 and 7
-with 1-epoch phases, 3 rounds of 2-epoch phases; 5 rounds of 1 epoch is ``quads4_probe_init``);
-``codebook`` the fp student's knobs (probe-initialised head, logit distillation), then, on the
-probe-initialised head, the codebook knobs of issue 13 and the 2- and 8-bit baselines.
+with 1-epoch phases, 3 rounds of 2-epoch phases, under today's defaults; 5 rounds of 1 epoch is
+``quads4_probe_ste_optimal_reassign``); ``codebook`` the fp student's knobs (probe-initialised
+head, logit distillation), then, on the probe-initialised head, the codebook knobs of issue 13
+against the defaults before and after quantization-aware distillation, and 2- and 8-bit runs.
+``--table`` prints every row with exact McNemar p-values against ``--baselines``.
 
 Rows go to ``--output`` (default ``benchmarks/screening.json``, merged under a lock, written as
 each run finishes, so screens can run side by side and across sittings): ``name``, ``hparams``,
@@ -54,34 +56,51 @@ PROBE = ["--classifier_init=probe"]
 """The head initialisation screened best for the fp student (valid 33.9 vs 18.5 %): every
 later variant builds on it."""
 
+BEFORE_QAD = ["--kmeans_init=linear", "--recluster=True", "--distill_through_quantizer=False"]
+"""The quantization defaults before quantization-aware distillation became the recipes' default;
+variants spell out every knob they compare, so their meaning does not drift with the defaults."""
+
+QAD = ["--kmeans_init=optimal", "--recluster=reassign", "--distill_through_quantizer=True"]
+"""Today's default: quantization-aware distillation, near-exact k-means, trained centroids kept."""
+
 STUDIES = {
     "schedule": [
-        ("schedule_mct3_probe", "slurp_4bit.yaml", [*PROBE, "--mct_iterations=3"]),
-        ("schedule_mct7_probe", "slurp_4bit.yaml", [*PROBE, "--mct_iterations=7"]),
-        ("schedule_mct3_2epoch_probe", "slurp_4bit.yaml",
-         [*PROBE, "--mct_iterations=3", "--distill_epochs=2", "--quant_epochs=2"]),
+        ("schedule_mct3_qad", "slurp_4bit.yaml", [*PROBE, *QAD, "--mct_iterations=3"]),
+        ("schedule_mct7_qad", "slurp_4bit.yaml", [*PROBE, *QAD, "--mct_iterations=7"]),
+        ("schedule_mct3_2epoch_qad", "slurp_4bit.yaml",
+         [*PROBE, *QAD, "--mct_iterations=3", "--distill_epochs=2", "--quant_epochs=2"]),
     ],
     "codebook": [
         ("fp_probe_init", "slurp_32bit.yaml", PROBE),
-        ("fp_logit0.5", "slurp_32bit.yaml", ["--logit_distill_weight=0.5"]),
-        ("quads4_probe_init", "slurp_4bit.yaml", PROBE),
+        ("fp_logit0.5", "slurp_32bit.yaml", ["--classifier_init=random",
+                                             "--logit_distill_weight=0.5"]),
+        ("quads4_probe_init", "slurp_4bit.yaml", [*PROBE, *BEFORE_QAD]),
+        ("quads4_probe_ste_optimal_reassign", "slurp_4bit.yaml", [*PROBE, *QAD]),
+        ("quads4_probe_ste_linear_reassign", "slurp_4bit.yaml",
+         [*PROBE, "--kmeans_init=linear", "--recluster=reassign", "--distill_through_quantizer=True"]),
         ("quads4_probe_optimal_reassign", "slurp_4bit.yaml",
-         [*PROBE, "--kmeans_init=optimal", "--recluster=reassign"]),
-        ("quads4_probe_ste_optimal_reassign", "slurp_4bit.yaml",
          [*PROBE, "--kmeans_init=optimal", "--recluster=reassign",
-          "--distill_through_quantizer=True"]),
+          "--distill_through_quantizer=False"]),
+        ("quads4_probe_self1", "slurp_4bit.yaml",
+         [*PROBE, *BEFORE_QAD, "--quant_self_distill_weight=1.0"]),
+        ("quads4_probe_self1_qlr1e-3", "slurp_4bit.yaml",
+         [*PROBE, *BEFORE_QAD, "--quant_self_distill_weight=1.0", "--quant_lr=0.001"]),
         ("quads4_probe_qdw1_optimal_reassign", "slurp_4bit.yaml",
-         [*PROBE, "--kmeans_init=optimal", "--recluster=reassign", "--quant_distill_weight=1.0"]),
-        ("quads4_probe_sensitive_optimal_reassign", "slurp_4bit.yaml",
-         [*PROBE, "--kmeans_init=optimal", "--recluster=reassign", "--sensitivity_samples=128"]),
-        ("quads_probe_mixed3.0mb_optimal_reassign", "slurp_4bit.yaml",
-         [*PROBE, "--kmeans_init=optimal", "--recluster=reassign", "--target_mb=3.0"]),
-        ("quads8_probe_init", "slurp_8bit.yaml", PROBE),
-        ("quads2_probe_init", "slurp_2bit.yaml", PROBE),
+         [*PROBE, "--kmeans_init=optimal", "--recluster=reassign",
+          "--distill_through_quantizer=False", "--quant_distill_weight=1.0"]),
+        ("quads4_qad_sensitive", "slurp_4bit.yaml", [*PROBE, *QAD, "--sensitivity_samples=128"]),
+        ("quads_qad_mixed3.0mb", "slurp_4bit.yaml", [*PROBE, *QAD, "--target_mb=3.0"]),
+        ("quads2_probe_init", "slurp_2bit.yaml", [*PROBE, *BEFORE_QAD]),
+        ("quads2_qad", "slurp_2bit.yaml", [*PROBE, *QAD]),
+        ("quads8_qad", "slurp_8bit.yaml", [*PROBE, *QAD]),
         ("fp_probe_logit0.5", "slurp_32bit.yaml", [*PROBE, "--logit_distill_weight=0.5"]),
     ],
 }
 """Preset variant lists for ``--study``: (name, hparams file, train.py overrides)."""
+
+
+BASELINES = ("fp_probe_init", "quads4_probe_init")
+"""The variants ``--table`` states p-values against by default."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -94,6 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a SLURP-layout corpus folder (needed unless --table)")
     parser.add_argument("--table", action="store_true",
                         help="print the screened variants as a markdown table and stop")
+    parser.add_argument("--baselines", default=",".join(BASELINES),
+                        help="--table: the variants every row is tested against (comma-separated)")
     parser.add_argument("--name", default=None, help="the variant's name (its row key)")
     parser.add_argument("--study", choices=sorted(STUDIES), default=None,
                         help="screen every variant of this preset not yet screened")
@@ -169,7 +190,7 @@ def load(path: Path) -> list[dict]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
 
 
-def markdown(rows: list[dict], baselines: tuple[str, ...] = ("fp_default", "quads4_default")) -> str:
+def markdown(rows: list[dict], baselines: tuple[str, ...] = BASELINES) -> str:
     """The screened variants as a markdown table: valid accuracy, CI and the McNemar p against
     the baselines that exist."""
     shown = [b for b in baselines if any(r["name"] == b for r in rows)]
@@ -200,7 +221,7 @@ def study(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     arguments = parse_args()
     if arguments.table:
-        print(markdown(load(arguments.output)))
+        print(markdown(load(arguments.output), tuple(arguments.baselines.split(","))))
     elif arguments.study:
         study(arguments)
     else:
