@@ -12,7 +12,8 @@ Same data, same student (Whisper tiny.en), same teacher (Whisper base) for every
 - ``teacher`` / ``student_probe``: the frozen teacher / the pretrained tiny.en student with no
   training, each with a linear probe on pooled features.
 - ``quads_mct``: QUADS (``hparams/slurp_<b>bit.yaml``); ``sequential``: all distillation, then all
-  quantization; ``quads_mct_random_init``: QUADS from a randomly initialised student.
+  quantization; ``quads_mct_random_init``: QUADS from a randomly initialised student;
+  ``quads_mct_mixed:3``: QUADS with a width per tensor (2-8 bits) in 3.0 MiB (``target_mb``).
 - ``kmeans_ptq`` (the engine's default ``linear`` k-means), ``kmeans_ptq_optimal`` (the
   near-exact ``optimal`` k-means), ``kmeans_ptq_sensitive`` (``optimal`` k-means weighted by
   squared gradients over the SKM calibration recordings), ``kmeans_ptq_mixed`` (the same, a
@@ -88,7 +89,7 @@ METHOD_BITS = {
              "kmeans_ptq_outliers": [2, 4],
              "torch_dynamic_int8": [8],
              "coremltools_skm": [2, 4, 8], "sequential": [2, 4], "coremltools_dkm": [2, 4, 8],
-             "quads_mct_random_init": [4]},
+             "quads_mct_random_init": [4], "quads_mct_mixed": [3]},
     "quick": {"fp_student": [32], "student_probe": [32], "teacher": [32], "quads_mct": [2],
               "kmeans_ptq": [2], "kmeans_ptq_optimal": [2], "kmeans_ptq_sensitive": [2],
               "kmeans_ptq_mixed": [2], "kmeans_ptq_outliers": [2],
@@ -100,8 +101,22 @@ METHOD_BITS = {
 FIXED_BITS = {"fp_student": 32, "student_probe": 32, "teacher": 32, "torch_dynamic_int8": 8}
 
 TRAINED = {"fp_student": [], "quads_mct": [], "sequential": ["--strategy=sequential"],
-           "quads_mct_random_init": ["--init=random"]}
+           "quads_mct_random_init": ["--init=random"], "quads_mct_mixed": []}
 """Methods that are train.py runs, with their overrides."""
+
+MIXED_TARGET_MB = {3: 3.0}
+"""``quads_mct_mixed:<bits>``: the 4-bit recipe with ``target_mb`` (MiB) set to this budget, a
+width per tensor (2-8 bits) from the measured sensitivities; 3 = issue 13's 3.0 MB budget."""
+
+
+def recipe_of(method: str, bits: int) -> tuple[str, list[str]]:
+    """The recipe hparams file and train.py overrides of a trained row (derived rows: the fp
+    student's)."""
+    if method == "quads_mct_mixed":
+        return "hparams/slurp_4bit.yaml", [f"--target_mb={MIXED_TARGET_MB[bits]}"]
+    if method in TRAINED:
+        return f"hparams/slurp_{bits}bit.yaml", TRAINED[method]
+    return FP_HPARAMS, []
 
 DKM = {"full": {"epochs": 11, "trial_epochs": 1, "lrs": [1e-5, 5e-5, 2e-4]},
        "quick": {"epochs": 1, "trial_epochs": 1, "lrs": [5e-5]}}
@@ -133,6 +148,7 @@ def parse_methods(spec: str | None, size: str) -> dict[str, list[int]]:
         current = method if bits else None
     for method, bits in selected.items():
         wrong = [b for b in bits if (b != FIXED_BITS[method] if method in FIXED_BITS
+                                     else b not in MIXED_TARGET_MB if method == "quads_mct_mixed"
                                      else not 1 <= b <= 16)]
         if wrong:
             raise SystemExit(f"--methods: {method} cannot run at {wrong} bits")
@@ -287,9 +303,9 @@ class Benchmark:
 
     def trained_row(self, method: str, bits: int, seed: int) -> tuple[dict, dict]:
         """A train.py run's row and its per-recording correctness."""
-        hparams = f"hparams/slurp_{bits}bit.yaml"
+        hparams, overrides = recipe_of(method, bits)
         name = method if method == "fp_student" else f"{method}_{bits}bit"
-        run = self.train(seed, name, hparams, TRAINED[method])
+        run = self.train(seed, name, hparams, overrides)
         folder = Path(run["folder"])
         scores = methods.recipe_correctness(folder)
         metrics, compute = run["metrics"], run["compute"]
@@ -300,7 +316,7 @@ class Benchmark:
                "resumed": run["resumed"], "model_sha256": _run_id(folder).split("@")[1],
                "recipe_sha256": recipe_sha256(hparams),
                "command": " ".join(
-                   ["python train.py", hparams, f"--seed={seed}", *TRAINED[method],
+                   ["python train.py", hparams, f"--seed={seed}", *overrides,
                     *TRAIN_ARGS[self.args.size]])}
         if method == "fp_student":
             row["reevaluated_accuracy"] = self.cached(seed, "fp_student_reevaluated", {
@@ -420,7 +436,7 @@ class Benchmark:
         """The row is in results.json under today's recipe file, measured with its predictions
         or skipped with a reason."""
         row = report.find(report.load(self.results), self.args.label, method, bits, seed)
-        hparams = f"hparams/slurp_{bits}bit.yaml" if method in TRAINED else FP_HPARAMS
+        hparams = recipe_of(method, bits)[0]
         if row is None or self.args.redo or row.get("recipe_sha256") != recipe_sha256(hparams):
             return False
         return bool(row.get("skipped")) or report.read_predictions(self.args.output, row) is not None
