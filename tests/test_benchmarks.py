@@ -361,3 +361,12 @@ def test_work_folder_of_another_corpus_is_refused(quick, tmp_path):
                              "--output", str(tmp_path / "refused")],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "use another --work" in result.stderr
+
+
+def test_readme_screening_table_command_runs_as_written():
+    """README's ``screen.py --table --baselines ...`` on the committed screening.json."""
+    result = _run("benchmarks/screen.py", "--table", "--baselines",
+                  "fp_probe_init,quads4_probe_init", timeout=120)
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith("| p vs fp_probe_init | p vs quads4_probe_init |")
+    assert any(line.startswith("| quads4_probe_ste_optimal_reassign |") for line in lines)
