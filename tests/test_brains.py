@@ -343,7 +343,7 @@ def test_size_target_gives_mixed_widths_that_fit_and_survive_resume(tmp_path, co
     fit(brain, hparams, corpus[1])
     stored = json.loads((tmp_path / "run" / "save" / "bit_widths.json").read_text())
     widths = {name: codebook.bits for name, (_, codebook) in brain.quantizer.modules.items()}
-    assert stored == {"target_mb": target, "widths": widths}
+    assert stored == {"target_mb": target, "candidate_bits": [2, 3, 4, 5, 6, 8], "widths": widths}
     assert len(set(widths.values())) > 1 and brain.sensitivity is not None
     assert size_report(brain.deployable).packed_bytes <= target * 2**20
     again, hparams_again = make_brain(tmp_path / "run", tiny_dir, base_dir, settings)
@@ -352,10 +352,15 @@ def test_size_target_gives_mixed_widths_that_fit_and_survive_resume(tmp_path, co
     assert again.sensitivity is None  # the stored widths needed no calibration
     for name, (_, codebook) in again.quantizer.modules.items():
         torch.testing.assert_close(codebook.centroids, brain.quantizer.modules[name][1].centroids)
-    with pytest.raises(ValueError, match="bit_widths.json: widths for target_mb"):
-        other, hparams_other = make_brain(tmp_path / "run", tiny_dir, base_dir,
-                                          {**settings, "target_mb": target / 2})
-        fit(other, hparams_other, corpus[1])
+    for changed in ({"target_mb": target / 2}, {"target_widths": [3, 4]}):
+        with pytest.raises(ValueError, match="bit_widths.json: widths for target_mb"):
+            other, hparams_other = make_brain(tmp_path / "run", tiny_dir, base_dir,
+                                              {**settings, **changed})
+            fit(other, hparams_other, corpus[1])
+    with pytest.raises(ValueError, match=r"target_widths: expected .* got \[0, 4\]"):
+        bad, hparams_bad = make_brain(tmp_path / "bad", tiny_dir, base_dir,
+                                      {**settings, "target_widths": [0, 4]})
+        fit(bad, hparams_bad, corpus[1])
 
 
 def test_logit_distillation_fits_a_teacher_head_and_checkpoints_it(tmp_path, corpus, tiny_dir,

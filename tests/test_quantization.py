@@ -608,6 +608,11 @@ def test_allocation_for_a_target_size_fits_it(tmp_path):
     target_mb = 0.2
     widths = allocation_for_target(quantizer, sensitivity, target_mb)
     assert len(set(widths.values())) > 1  # mixed
+    floor = (3, 4, 5, 6, 8)  # target_widths without 2 bits
+    assert min(allocation_for_target(quantizer, sensitivity, 0.11).values()) == 2
+    with pytest.raises(ValueError, match="the narrowest widths take 0.107 MiB"):
+        allocation_for_target(quantizer, sensitivity, 0.11, candidate_bits=floor)
+    assert min(allocation_for_target(quantizer, sensitivity, 0.118, floor).values()) == 3
     quantizer.set_bits(widths)
     quantizer.cluster(sensitivity=sensitivity)
     size = export_packed(model, tmp_path / "m.safetensors").packed_bytes

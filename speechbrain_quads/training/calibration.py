@@ -8,7 +8,7 @@ import itertools
 import json
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import speechbrain as sb
@@ -16,7 +16,7 @@ import torch
 from speechbrain.dataio.batch import PaddedBatch
 from torch.utils.data import DataLoader
 
-from speechbrain_quads.codebook.allocation import allocation_for_target
+from speechbrain_quads.codebook.allocation import CANDIDATE_BITS, allocation_for_target
 from speechbrain_quads.codebook.quantization import CodebookQuantizer
 from speechbrain_quads.codebook.sensitivity import squared_gradients
 
@@ -47,28 +47,34 @@ def brain_sensitivity(brain: sb.Brain, quantizer: CodebookQuantizer, dataset,
 
 
 def load_or_allocate_widths(path: Path, quantizer: CodebookQuantizer, target_mb: float,
-                            sensitivity: Callable[[], dict[str, torch.Tensor]]) -> dict[str, int]:
-    """The widths stored in ``path`` for ``target_mb``, or new ones (``allocation_for_target``
-    on ``sensitivity()``) written there atomically.
+                            sensitivity: Callable[[], dict[str, torch.Tensor]],
+                            candidate_bits: Sequence[int] = CANDIDATE_BITS) -> dict[str, int]:
+    """The widths stored in ``path`` for ``target_mb`` and ``candidate_bits``, or new ones
+    (``allocation_for_target`` on ``sensitivity()``) written there atomically.
 
     Raises:
-        ValueError: ``path`` holds widths for another target or other modules (named).
+        ValueError: ``path`` holds widths for another target, other candidate widths or other
+            modules (named).
     """
     path = Path(path)
+    candidates = sorted(int(bits) for bits in candidate_bits)
     if path.is_file():
         stored = json.loads(path.read_text(encoding="utf-8"))
-        if stored.get("target_mb") != target_mb or set(stored.get("widths", {})) != set(
-                quantizer.modules):
-            raise ValueError(f"{path}: widths for target_mb {stored.get('target_mb')} and "
-                             f"{len(stored.get('widths', {}))} modules, but this run has "
-                             f"target_mb {target_mb} and {len(quantizer.modules)} modules; "
+        stored_candidates = stored.get("candidate_bits", sorted(CANDIDATE_BITS))
+        if stored.get("target_mb") != target_mb or stored_candidates != candidates or set(
+                stored.get("widths", {})) != set(quantizer.modules):
+            raise ValueError(f"{path}: widths for target_mb {stored.get('target_mb')} from "
+                             f"{stored_candidates} bits and {len(stored.get('widths', {}))} "
+                             f"modules, but this run has target_mb {target_mb} from "
+                             f"{candidates} bits and {len(quantizer.modules)} modules; "
                              "use another output folder")
         return {name: int(bits) for name, bits in stored["widths"].items()}
-    widths = allocation_for_target(quantizer, sensitivity(), target_mb)
+    widths = allocation_for_target(quantizer, sensitivity(), target_mb, candidates)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        temporary.write_text(json.dumps({"target_mb": target_mb, "widths": widths}, indent=1)
+        temporary.write_text(json.dumps({"target_mb": target_mb, "candidate_bits": candidates,
+                                         "widths": widths}, indent=1)
                              + "\n", encoding="utf-8")
         os.replace(temporary, path)
     finally:

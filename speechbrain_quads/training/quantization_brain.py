@@ -10,6 +10,7 @@ from pathlib import Path
 import speechbrain as sb
 import torch
 
+from speechbrain_quads.codebook.allocation import CANDIDATE_BITS
 from speechbrain_quads.codebook.packing import size_report
 from speechbrain_quads.training.calibration import brain_sensitivity, load_or_allocate_widths
 from speechbrain_quads.training.losses import centroid_loss, latent_power, quantization_objective
@@ -31,7 +32,8 @@ class QuantizationBrain(PhaseBrain):
     the first clustering is plain k-means; N: k-means weighted by squared gradients of the
     validation loss over N training recordings) and ``target_mb`` (default null: every tensor
     at ``bits``; a size in MiB: a width per tensor from those sensitivities, so the packed model
-    fits it, stored in ``<save_folder>/bit_widths.json`` and re-used on resume).
+    fits it, stored in ``<save_folder>/bit_widths.json`` and re-used on resume), with
+    ``target_widths`` (default null: 2, 3, 4, 5, 6 or 8 bits) the widths it may choose.
     """
 
     def __init__(self, *args, **kwargs):
@@ -50,9 +52,22 @@ class QuantizationBrain(PhaseBrain):
         if target is not None:
             widths = load_or_allocate_widths(
                 Path(self.hparams.save_folder) / "bit_widths.json", self.quantizer,
-                float(target), self.calibration_sensitivity)
+                float(target), self.calibration_sensitivity, self.target_widths)
             self.quantizer.set_bits(widths)
         super().fit(epoch_counter, train_set, valid_set, *args, **kwargs)
+
+    @property
+    def target_widths(self) -> list[int]:
+        """``target_widths``: the widths ``target_mb`` may give a tensor (default
+        :data:`~speechbrain_quads.codebook.allocation.CANDIDATE_BITS`)."""
+        widths = getattr(self.hparams, "target_widths", None)
+        if widths is None:
+            return list(CANDIDATE_BITS)
+        if (not isinstance(widths, (list, tuple)) or not widths
+                or not all(isinstance(b, int) and 1 <= b <= 16 for b in widths)):
+            raise ValueError(f"target_widths: expected a non-empty list of widths in bits "
+                             f"(1-16), e.g. [3, 4, 5, 6, 8], got {widths!r}")
+        return sorted(set(widths))
 
     def calibration_sensitivity(self) -> dict[str, torch.Tensor]:
         """Squared gradients over ``sensitivity_samples`` (at least 32 when a size target
