@@ -289,14 +289,15 @@ def test_self_distillation_matches_the_full_precision_student(tmp_path, corpus, 
 
     def checking_encode(wavs, lens, stage):
         out = encode(wavs, lens, stage)
-        if brain.reference is not None:
+        if out.reference is not None:
             mode = brain.quantizer.mode
             brain.quantizer.set_mode("off")
             with torch.no_grad():
                 latent = brain.modules.student(wavs, lens)[0]
             brain.quantizer.set_mode(mode)
-            checks.append((stage, mode, torch.allclose(latent, brain.reference, atol=1e-6),
-                           float(self_distillation_loss(out[0].detach(), brain.reference, out[1]))))
+            checks.append((stage, mode, torch.allclose(latent, out.reference, atol=1e-6),
+                           float(self_distillation_loss(out.hidden.detach(), out.reference,
+                                                        out.lens))))
         else:
             checks.append((stage, brain.quantizer.mode if brain.quantizer.clustered else "off",
                            None, None))
@@ -435,7 +436,7 @@ def test_length_changing_augmentation_is_refused(tmp_path, corpus, tiny_dir, bas
     with pytest.raises(ValueError, match="augmentation 'slow_down' changes the length"):
         brain.compute_forward(batch, sb.Stage.TRAIN)
     brain.hparams.augmentation = add_one_mel_hop
-    logits, hidden, lens, teacher = brain.compute_forward(batch, sb.Stage.TRAIN)
+    logits, hidden, lens, teacher, _ = brain.compute_forward(batch, sb.Stage.TRAIN)
     assert teacher.shape[:3] == (1, 3, hidden.shape[2]) and teacher.device == logits.device
     assert torch.isfinite(brain.modules.distill(hidden, teacher, lens))
 

@@ -36,6 +36,8 @@ then restores ``step > 0``) does not repeat them: it only re-applies the per-epo
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import speechbrain as sb
 import torch
 
@@ -58,6 +60,19 @@ from speechbrain_quads.training.probe import (
 )
 from speechbrain_quads.training.quantization_brain import QuantizationBrain
 from speechbrain_quads.training.schedule import DISTILL, QUANT, EpochPhase, PhasePlan
+
+
+class StudentForward(NamedTuple):
+    """What ``compute_forward`` returns: ``logits`` (B, K); ``hidden`` (L+1, B, T, C), the
+    student's hidden states; ``lens`` (B,), relative valid lengths; ``teacher`` (N, B, T, C') or
+    None when the step needs no teacher; ``reference`` (L+1, B, T, C), the same input through
+    the full-precision latent weights, or None (see :meth:`MCTBrain.encode`)."""
+
+    logits: torch.Tensor
+    hidden: torch.Tensor
+    lens: torch.Tensor
+    teacher: torch.Tensor | None = None
+    reference: torch.Tensor | None = None
 
 
 class DistillationBrain(PhaseBrain):
@@ -145,8 +160,9 @@ class DistillationBrain(PhaseBrain):
         """Whether this step's loss uses teacher features."""
         return stage == sb.Stage.TRAIN and self.phase.kind == DISTILL
 
-    def compute_forward(self, batch, stage):
-        """Waveforms -> (logits (B, K), student hidden (L+1, B, T, C), lens (B,), teacher or None)."""
+    def compute_forward(self, batch, stage) -> StudentForward:
+        """Waveforms -> the student's logits and hidden states, and the teacher's features when
+        the step needs them."""
         batch = batch.to(self.device)
         wavs, lens = batch.sig
         student_wavs, student_lens = wavs, lens
@@ -156,17 +172,17 @@ class DistillationBrain(PhaseBrain):
             if student_wavs.shape[0] != wavs.shape[0]:
                 raise ValueError("augmentation must keep the batch size (teacher features and "
                                  "labels are per clean utterance)")
-        hidden, frame_lens, logits = self.encode(student_wavs, student_lens, stage)
-        teacher = None
+        out = self.encode(student_wavs, student_lens, stage)
         if self.needs_teacher(stage):
-            frames = torch.round(frame_lens * hidden.shape[2]).long().tolist()
-            teacher = self.teacher_features(batch.id, wavs, lens, frames, hidden.shape[2])
-        return logits, hidden, frame_lens, teacher
+            frames = torch.round(out.lens * out.hidden.shape[2]).long().tolist()
+            out = out._replace(teacher=self.teacher_features(batch.id, wavs, lens, frames,
+                                                             out.hidden.shape[2]))
+        return out
 
-    def encode(self, wavs: torch.Tensor, lens: torch.Tensor, stage) -> tuple:
-        """The student's input (B, T) -> (hidden (L+1, B, T', C), frame lens (B,), logits (B, K))."""
+    def encode(self, wavs: torch.Tensor, lens: torch.Tensor, stage) -> StudentForward:
+        """The student's input (B, T) -> its logits, hidden states and frame lengths."""
         hidden, frame_lens = self.modules.student(wavs, lens)
-        return hidden, frame_lens, self.modules.classifier(hidden[-1], frame_lens)
+        return StudentForward(self.modules.classifier(hidden[-1], frame_lens), hidden, frame_lens)
 
     def teacher_features(self, ids: list[str], wavs: torch.Tensor, lens: torch.Tensor,
                          student_frames: list[int], frames: int) -> torch.Tensor:
@@ -205,9 +221,9 @@ class DistillationBrain(PhaseBrain):
         return out
 
     # ----------------------------------------------------------------------------- losses
-    def loss_terms(self, predictions, targets, stage) -> dict[str, torch.Tensor]:
+    def loss_terms(self, predictions: StudentForward, targets, stage) -> dict[str, torch.Tensor]:
         """Loss terms of a step; ``loss`` is what is optimised."""
-        logits, hidden, lens, teacher = predictions
+        logits, hidden, lens, teacher, _ = predictions
         ce = classification_loss(logits, targets)
         if teacher is None:  # evaluation: no teacher needed
             return {"loss": ce, "ce": ce}
@@ -225,7 +241,7 @@ class DistillationBrain(PhaseBrain):
         targets = batch.intent_encoded.data.reshape(-1).to(self.device)
         terms = self.loss_terms(predictions, targets, stage)
         self.tally.add({key: value for key, value in terms.items() if key != "loss"})
-        self.tally.extend("predicted", predictions[0].argmax(dim=-1).tolist())
+        self.tally.extend("predicted", predictions.logits.argmax(dim=-1).tolist())
         self.tally.extend("targets", targets.tolist())
         self.tally.extend("ids", list(batch.id))
         return terms["loss"]
@@ -287,30 +303,27 @@ class MCTBrain(QuantizationBrain, DistillationBrain):
     quantization-aware distillation, see :attr:`through_quantizer`).
     """
 
-    reference: torch.Tensor | None = None
-    """The current quantization step's full-precision hidden states (see :meth:`encode`)."""
-
     @property
     def self_distill_weight(self) -> float:
         """``quant_self_distill_weight`` (0: off)."""
         return float(getattr(self.hparams, "quant_self_distill_weight", 0.0) or 0.0)
 
-    def encode(self, wavs: torch.Tensor, lens: torch.Tensor, stage) -> tuple:
-        """With ``quant_self_distill_weight`` in a quantization training step, first runs the same
-        input through the latent weights (quantizer off, no gradient) and keeps those hidden
-        states in :attr:`reference`: the codebooks then learn to reproduce what the
-        full-precision student computes on every layer, a signal that does not vanish once the
-        training set is fitted (CE does)."""
-        self.reference = None
+    def encode(self, wavs: torch.Tensor, lens: torch.Tensor, stage) -> StudentForward:
+        """With ``quant_self_distill_weight`` in a quantization training step, also runs the same
+        input through the latent weights (quantizer off, no gradient): those hidden states are
+        the ``reference`` the codebooks learn to reproduce, what the full-precision student
+        computes on every layer, a signal that does not vanish once the training set is fitted
+        (CE does)."""
+        reference = None
         if stage == sb.Stage.TRAIN and self.phase.kind == QUANT and self.self_distill_weight > 0:
             mode = self.quantizer.mode
             self.quantizer.set_mode("off")
             try:
                 with torch.no_grad():
-                    self.reference = self.modules.student(wavs, lens)[0]
+                    reference = self.modules.student(wavs, lens)[0]
             finally:
                 self.quantizer.set_mode(mode)
-        return super().encode(wavs, lens, stage)
+        return super().encode(wavs, lens, stage)._replace(reference=reference)
 
     def build_plan(self, epochs: int) -> PhasePlan:
         """The plan from the hparams (``strategy: mct | sequential | distill_only | quant_only``)."""
@@ -322,20 +335,20 @@ class MCTBrain(QuantizationBrain, DistillationBrain):
             return getattr(self.hparams, "quant_distill_weight", 0.0) > 0
         return super().needs_teacher(stage)
 
-    def loss_terms(self, predictions, targets, stage) -> dict[str, torch.Tensor]:
+    def loss_terms(self, predictions: StudentForward, targets, stage) -> dict[str, torch.Tensor]:
         """In quantization training: ``CE + quant_distill_weight * L1 + quant_self_distill_weight *
         L_self`` (the centroid term is added by QuantizationBrain); otherwise DistillationBrain's
         terms."""
         if not (stage == sb.Stage.TRAIN and self.phase.kind == QUANT):
             return super().loss_terms(predictions, targets, stage)
-        logits, hidden, lens, teacher = predictions
+        logits, hidden, lens, teacher, reference = predictions
         terms = {"ce": classification_loss(logits, targets)}
         if teacher is not None:
             terms["l1"] = self.modules.distill(hidden, teacher, lens)
         weight = getattr(self.hparams, "quant_distill_weight", 0.0)
         terms["loss"] = distilled_task_loss(terms["ce"], terms.get("l1"), weight)
-        if self.reference is not None:
-            terms["self_l1"] = self_distillation_loss(hidden, self.reference, lens)
+        if reference is not None:
+            terms["self_l1"] = self_distillation_loss(hidden, reference, lens)
             terms["loss"] = terms["loss"] + self.self_distill_weight * terms["self_l1"]
         return terms
 
