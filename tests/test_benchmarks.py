@@ -322,10 +322,10 @@ def test_rows_and_runs_follow_their_recipe_file(quick, tmp_path):
     version of its recipe file is measured again (runs of other defaults are never re-used)."""
     import shutil
 
-    import run  # benchmarks/run.py
+    import plan  # benchmarks/plan.py
 
     output, work, results = quick
-    digests = {bits: run.recipe_sha256(f"hparams/slurp_{bits}bit.yaml") for bits in (2, 32)}
+    digests = {bits: plan.recipe_sha256(f"hparams/slurp_{bits}bit.yaml") for bits in (2, 32)}
     by_key = _rows(results)
     for key, bits in ((("fp_student", 32), 32), (("quads_mct", 2), 2), (("kmeans_ptq", 2), 32)):
         assert by_key[key]["recipe_sha256"] == digests[bits]
