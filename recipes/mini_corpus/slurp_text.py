@@ -25,6 +25,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import corpus_writer
 import generate
 import grammar
 import voices
@@ -177,7 +178,7 @@ def _record(source: dict, files: list[str]) -> dict:
 
 
 def _part(lines: list[dict], speakers: list[voices.Voice], per_line: int, audio_dir: str,
-          rng: random.Random, seed: int) -> tuple[list[dict], list[generate.Job]]:
+          rng: random.Random, seed: int) -> tuple[list[dict], list[corpus_writer.Job]]:
     """Corpus lines and audio jobs: each line said by ``per_line`` distinct speakers, chosen
     round-robin (balanced) from ``speakers``."""
     if per_line > len(speakers):
@@ -190,7 +191,7 @@ def _part(lines: list[dict], speakers: list[voices.Voice], per_line: int, audio_
         for voice in cycle.take(per_line):
             name = f"audio-{line['slurp_id']}-{voice.name}.flac"
             files.append(name)
-            jobs.append(generate.make_job(f"{audio_dir}/{name}", voice, line["sentence"], seed))
+            jobs.append(corpus_writer.make_job(f"{audio_dir}/{name}", voice, line["sentence"], seed))
         table.append(_record(line, files))
     return table, jobs
 
@@ -205,7 +206,7 @@ def plan_slurp_text(
     valid_recordings: int = 2,
     test_recordings: int = 2,
     n_train_speakers: int = 36,
-) -> tuple[generate.CorpusPlan, TextSplit]:
+) -> tuple[corpus_writer.CorpusPlan, TextSplit]:
     """Plan a SLURP-sentence corpus from the SLURP-format jsonl ``source`` (nothing spoken).
 
     Args:
@@ -244,12 +245,12 @@ def plan_slurp_text(
     }
     speakers["train_synthetic"] = speakers["train"]
     tables: dict[str, list] = {}
-    jobs: dict[str, list[generate.Job]] = {}
+    jobs: dict[str, list[corpus_writer.Job]] = {}
     for part, (lines, per_line, audio_dir) in parts.items():
         tables[generate.SLURP_FILES[part]], jobs[part] = _part(
             lines, speakers[part], per_line, audio_dir, rng, seed)
     tables[generate.SLURP_TRAIN_REAL] = tables[generate.SLURP_FILES["train"]]
-    return generate.CorpusPlan("slurp", speakers, jobs, tables), split
+    return corpus_writer.CorpusPlan("slurp", speakers, jobs, tables), split
 
 
 def generate_slurp_text(
@@ -288,5 +289,5 @@ def generate_slurp_text(
         "dropped_lines": split.dropped,
         "moved_to_test": split.moved_to_test,
     }
-    return generate.build(out_dir, plan, arguments, num_workers, overwrite, resumable=True,
+    return corpus_writer.build(out_dir, plan, arguments, num_workers, overwrite, resumable=True,
                           extra={"text_split": summary})

@@ -26,6 +26,7 @@ RECIPE = Path(__file__).resolve().parent
 sys.path.insert(0, str(RECIPE.parents[1] / "mini_corpus"))
 sys.path.insert(0, str(RECIPE))
 
+import corpus_writer  # noqa: E402
 import generate  # noqa: E402
 import train as recipe  # noqa: E402  (the recipe's train.py: its data pipeline)
 from hyperpyyaml import load_hyperpyyaml  # noqa: E402
@@ -38,7 +39,7 @@ RUNS = (("Student, full precision (distilled)", "student_fp32", "hparams/slurp_3
 
 def make_corpus(folder: Path, args) -> Path:
     """Generate the corpus once (re-used when a complete one is there)."""
-    if generate.is_complete(folder):
+    if corpus_writer.is_complete(folder):
         print(f"[demo] re-using the corpus in {folder}", flush=True)
         return folder
     print(f"[demo] speaking the mini SLURP corpus into {folder}", flush=True)
