@@ -370,3 +370,30 @@ def test_readme_screening_table_command_runs_as_written():
     lines = result.stdout.splitlines()
     assert lines[0].endswith("| p vs fp_probe_init | p vs quads4_probe_init |")
     assert any(line.startswith("| quads4_probe_ste_optimal_reassign |") for line in lines)
+
+
+def test_layer_sensitivity_scores_each_group_on_valid_and_merges_rows(quick, tmp_path):
+    """``layer_sensitivity.py``: one row per (granularity, group), valid accuracy inside its
+    exact interval, the group's tensors only, per-row codebooks costing more bytes; a second
+    invocation replaces its own rows and keeps the others."""
+    _, work, _ = quick
+    fp_run = next((work / "runs" / "seed1").glob("fp_student-*"))
+    out = tmp_path / "sensitivity.json"
+    _run("benchmarks/layer_sensitivity.py", str(fp_run), "--bits", "2", "--granularity",
+         "per_tensor,per_row", "--groups", "head,all", "--json", str(out), timeout=600)
+    rows = {(r["granularity"], r["group"]): r for r in json.loads(out.read_text())}
+    assert set(rows) == {(g, group) for g in ("per_tensor", "per_row") for group in ("head", "all")}
+    for row in rows.values():
+        low, high = row["valid_ci95"]
+        assert low <= row["valid_accuracy"] <= high and row["n_valid"] == 8
+        assert 0 <= row["p_vs_fp"] <= 1 and row["bits"] == 2
+    assert rows["per_tensor", "head"]["tensors"] == ["classifier.linear"]
+    assert len(rows["per_tensor", "all"]["tensors"]) > 10
+    assert rows["per_row", "all"]["packed_mb"] > rows["per_tensor", "all"]["packed_mb"]
+    _run("benchmarks/layer_sensitivity.py", str(fp_run), "--groups", "head", "--json", str(out),
+         timeout=600)
+    assert len(json.loads(out.read_text())) == 4
+    bad = subprocess.run([sys.executable, "benchmarks/layer_sensitivity.py", str(fp_run),
+                          "--groups", "encoder"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "--groups: unknown ['encoder']" in bad.stderr

@@ -18,9 +18,9 @@ FSC (``generate_fsc``)::
 Both also write ``OUT_DIR/mini_corpus.json`` (arguments, speakers per split, speaker of every
 audio file, durations, timing). The corpus is built in a hidden staging folder next to
 ``OUT_DIR`` and renamed to ``OUT_DIR`` only when complete (``corpus_writer.build``), so an
-interrupted run never leaves something that looks finished. Valid and test speakers come from voice families that training
-never uses (``voices.split_pools``); no sentence is in two splits, even after
-``grammar.normalise``, and valid/test sentences follow templates held out from training; every
+interrupted run never leaves something that looks finished. Valid and test speakers come from
+voice families that training never uses (``voices.split_pools``); no sentence is in two splits,
+even after ``grammar.normalise``, and valid/test sentences follow templates held out from training; every
 valid/test intent is also in train; labels and sentences are deterministic for a seed, and so
 is Piper's audio (seeded per utterance); eSpeak NG's audio is not bit-exact across runs.
 
