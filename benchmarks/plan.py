@@ -48,14 +48,20 @@ TRAINED = {"fp_student": [], "quads_mct": [], "sequential": ["--strategy=sequent
 
 MIXED_TARGET_MB = {3: 3.0}
 """``quads_mct_mixed:<bits>``: the 4-bit recipe with ``target_mb`` (MiB) set to this budget, a
-width per tensor (2-8 bits) from the measured sensitivities; 3 = issue 13's 3.0 MB budget."""
+width per tensor from the measured sensitivities; 3 = issue 13's 3.0 MB budget."""
+
+MIXED_WIDTHS = [3, 4, 5, 6, 8]
+"""``target_widths`` of ``quads_mct_mixed``: no tensor below 3 bits (chosen on valid:
+``benchmarks/screening.json``, ``quads_qad_mixed3.0mb_min3``)."""
 
 
 def recipe_of(method: str, bits: int) -> tuple[str, list[str]]:
     """The recipe hparams file and train.py overrides of a trained row (derived rows: the fp
     student's)."""
     if method == "quads_mct_mixed":
-        return "hparams/slurp_4bit.yaml", [f"--target_mb={MIXED_TARGET_MB[bits]}"]
+        widths = ",".join(map(str, MIXED_WIDTHS))
+        return "hparams/slurp_4bit.yaml", [f"--target_mb={MIXED_TARGET_MB[bits]}",
+                                           f"--target_widths=[{widths}]"]
     if method in TRAINED:
         return f"hparams/slurp_{bits}bit.yaml", TRAINED[method]
     return FP_HPARAMS, []
@@ -109,3 +115,12 @@ def recipe_sha256(hparams: str) -> str:
     text = (RECIPE / hparams).read_text(encoding="utf-8")
     canonical = yaml.serialize(yaml.compose(text, Loader=yaml.SafeLoader))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def run_sha256(hparams: str, overrides: list[str]) -> str:
+    """What a trained row was trained under: its recipe file's :func:`recipe_sha256`, or, with
+    ``train.py`` overrides, the SHA-256 (16 hex digits) of that and the overrides in order; a
+    method whose overrides change is measured again like one whose file changed."""
+    if not overrides:
+        return recipe_sha256(hparams)
+    return hashlib.sha256("\n".join([recipe_sha256(hparams), *overrides]).encode()).hexdigest()[:16]

@@ -36,7 +36,7 @@ LABELS = {
     "quads_mct": "QUADS (MCT)",
     "sequential": "Sequential: distil, then quantize",
     "quads_mct_random_init": "QUADS (MCT), random student init",
-    "quads_mct_mixed": "QUADS (MCT), a width per tensor (2-8 bits) in 3.0 MiB",
+    "quads_mct_mixed": "QUADS (MCT), a width per tensor in 3.0 MiB (`target_mb`)",
     "kmeans_ptq": "k-means PTQ of the fp student (no retraining)",
     "kmeans_ptq_optimal": "k-means PTQ, near-exact optimal k-means",
     "kmeans_ptq_sensitive": "k-means PTQ weighted by squared gradients (128 recordings)",
@@ -52,6 +52,8 @@ COMPARISONS = [
     ("student_probe:32", "fp_student:32"),
     ("fp_student:32", "quads_mct:4"), ("fp_student:32", "quads_mct:8"),
     ("quads_mct_mixed:3", "quads_mct:4"), ("quads_mct_mixed:3", "kmeans_ptq_mixed:3"),
+    ("quads_mct_mixed:3", "fp_student:32"), ("quads_mct_mixed:3", "coremltools_skm:4"),
+    ("quads_mct_mixed:3", "coremltools_dkm:4"),
     ("teacher:32", "fp_student:32"),
     *[(f"quads_mct:{b}", f"{peer}:{b}") for b in (2, 4, 8)
       for peer in ("sequential", "kmeans_ptq", "coremltools_dkm", "coremltools_skm",

@@ -13,7 +13,7 @@ Same data, same student (Whisper tiny.en), same teacher (Whisper base) for every
   training, each with a linear probe on pooled features.
 - ``quads_mct``: QUADS (``hparams/slurp_<b>bit.yaml``); ``sequential``: all distillation, then all
   quantization; ``quads_mct_random_init``: QUADS from a randomly initialised student;
-  ``quads_mct_mixed:3``: QUADS with a width per tensor (2-8 bits) in 3.0 MiB (``target_mb``).
+  ``quads_mct_mixed:3``: QUADS with a width per tensor (3-8 bits) in 3.0 MiB (``target_mb``).
 - ``kmeans_ptq`` (the engine's default ``linear`` k-means), ``kmeans_ptq_optimal`` (the
   near-exact ``optimal`` k-means), ``kmeans_ptq_sensitive`` (``optimal`` k-means weighted by
   squared gradients over the SKM calibration recordings), ``kmeans_ptq_mixed`` (the same, a
@@ -30,9 +30,11 @@ the plot are re-rendered (``report.py``). A row records ``recipe_sha256``, the S
 its recipe hparams file says, comments and layout aside (for the rows derived from the fp
 student, the fp student's file); a row already in results.json under today's file is skipped
 (``--redo`` measures it again), one measured under another version of its file is measured
-again and replaced. Runs live in ``--work``/runs/seed<seed>/<name>-<recipe_sha256[:8]>
-(train.py resumes from its last checkpoint; a changed recipe file starts a new folder, never
-re-using a run of other defaults) and cached
+again and replaced; a trained row also records its ``overrides`` and ``run_sha256`` (file and
+overrides), so a method whose overrides change is measured again too. Runs live in
+``--work``/runs/seed<seed>/<name>-<run_sha256[:8]> (train.py resumes from its last checkpoint;
+a changed recipe file or override starts a new folder, never re-using a run of other defaults)
+and cached
 in-process rows are re-used, so the table can be built over several sittings.
 ``--quick`` is CI-sized (mini corpus of 4 intents, one
 MCT round, 2 bits) and writes into ``--work``/report unless ``--output`` is given.
@@ -79,6 +81,7 @@ from plan import (  # noqa: E402
     parse_methods,
     recipe_of,
     recipe_sha256,
+    run_sha256,
 )
 
 
@@ -189,7 +192,7 @@ class Benchmark:
         """Run (or re-use) ``train.py hparams extra``; returns its summary.json plus
         ``train_seconds`` (wall time of the train.py process, None if run outside this script),
         ``resumed`` and ``folder``."""
-        output = self.work / "runs" / f"seed{seed}" / f"{name}-{recipe_sha256(hparams)[:8]}"
+        output = self.work / "runs" / f"seed{seed}" / f"{name}-{run_sha256(hparams, extra)[:8]}"
         timing = output / "benchmark_timing.json"
         if not (output / "summary.json").is_file():
             resumed = output.exists()
@@ -227,7 +230,8 @@ class Benchmark:
                "gmacs": compute["student_gmacs_real_length"],
                "train_seconds": run["train_seconds"], "gmacs_30s": compute["student_gmacs_30s"],
                "resumed": run["resumed"], "model_sha256": _run_id(folder).split("@")[1],
-               "recipe_sha256": recipe_sha256(hparams),
+               "recipe_sha256": recipe_sha256(hparams), "overrides": overrides,
+               "run_sha256": run_sha256(hparams, overrides),
                "command": " ".join(
                    ["python train.py", hparams, f"--seed={seed}", *overrides,
                     *TRAIN_ARGS[self.args.size]])}
@@ -349,8 +353,11 @@ class Benchmark:
         """The row is in results.json under today's recipe file, measured with its predictions
         or skipped with a reason."""
         row = report.find(report.load(self.results), self.args.label, method, bits, seed)
-        hparams = recipe_of(method, bits)[0]
+        hparams, overrides = recipe_of(method, bits)
         if row is None or self.args.redo or row.get("recipe_sha256") != recipe_sha256(hparams):
+            return False
+        if method in TRAINED and row.get("run_sha256", recipe_sha256(hparams)) != run_sha256(
+                hparams, overrides):
             return False
         return bool(row.get("skipped")) or report.read_predictions(self.args.output, row) is not None
 
