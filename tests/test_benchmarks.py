@@ -330,6 +330,10 @@ def test_rows_and_runs_follow_their_recipe_file(quick, tmp_path):
     for key, bits in ((("fp_student", 32), 32), (("quads_mct", 2), 2), (("kmeans_ptq", 2), 32)):
         assert by_key[key]["recipe_sha256"] == digests[bits]
     assert (work / "runs" / "seed1" / f"fp_student-{digests[32][:8]}" / "summary.json").is_file()
+    sequential = plan.run_sha256("hparams/slurp_2bit.yaml", ["--strategy=sequential"])
+    assert sequential != digests[2] and by_key["sequential", 2]["run_sha256"] == sequential
+    assert by_key["sequential", 2]["overrides"] == ["--strategy=sequential"]
+    assert (work / "runs" / "seed1" / f"sequential_2bit-{sequential[:8]}" / "summary.json").is_file()
     copy = tmp_path / "out"
     shutil.copytree(output, copy)
     stale = json.loads((copy / "results.json").read_text())
