@@ -106,12 +106,18 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+GENERATOR_MANIFEST = "mini_corpus.json"
+"""The corpus generator's manifest: it records the generation's run time, so it is left out of
+:func:`corpus_sha256` (its other content follows from the label tables and audio)."""
+
+
 def corpus_sha256(folder: Path) -> str:
-    """SHA-256 (16 hex digits) of every file under a corpus folder (relative paths and bytes):
-    two generations of one corpus (same sentences, other synthesizer noise) differ here, and
-    rows of different generations are never paired."""
+    """SHA-256 (16 hex digits) of every file under a corpus folder but the generator's manifest
+    (relative paths and bytes): two generations of one corpus that differ in any sample differ
+    here, and rows of different generations are never paired."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(p for p in folder.rglob("*")
+                       if p.is_file() and p.relative_to(folder).as_posix() != GENERATOR_MANIFEST):
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

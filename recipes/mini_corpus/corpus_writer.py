@@ -69,13 +69,30 @@ def _run_job(job: Job, root: str) -> tuple[str, float]:
     return job.path, wave.numel() / voices.SAMPLE_RATE
 
 
-def _run_job_star(arguments: tuple[Job, str]) -> tuple[str, float]:
-    return _run_job(*arguments)
+def _run_speaker(arguments: tuple[list[Job], str]) -> list[tuple[str, float]]:
+    """Write one speaker's files in plan order, starting from a clean eSpeak NG engine."""
+    jobs, root = arguments
+    voices.fresh_espeak()
+    return [_run_job(job, root) for job in jobs]
+
+
+def speaker_batches(jobs: list[Job]) -> list[list[Job]]:
+    """``jobs`` grouped by speaker, each group in plan order (groups by first appearance).
+
+    A speaker's files are always synthesized together, from a clean engine (eSpeak NG carries
+    state from call to call): the audio then depends on the plan only, not on the number of
+    worker processes, on which worker took which speaker, or on files kept from an interrupted
+    run (a speaker with any file missing is spoken again whole).
+    """
+    batches: dict[str, list[Job]] = {}
+    for job in jobs:
+        batches.setdefault(job.voice.name, []).append(job)
+    return list(batches.values())
 
 
 def synthesize_jobs(jobs: list[Job], root: Path, num_workers: int, desc: str) -> dict[str, float]:
-    """Synthesize ``jobs`` under ``root`` with a tqdm progress bar; files already there (left by
-    an interrupted resumable run) are kept.
+    """Synthesize ``jobs`` under ``root`` with a tqdm progress bar. Speakers whose files are
+    all there (left by an interrupted resumable run) are kept; the others are spoken again.
 
     Args:
         jobs: files to write.
@@ -87,26 +104,32 @@ def synthesize_jobs(jobs: list[Job], root: Path, num_workers: int, desc: str) ->
     Returns:
         duration in seconds of each file, by relative path.
     """
-    durations = {job.path: soundfile.info(root / job.path).duration
-                 for job in jobs if (root / job.path).is_file()}
-    tasks = [(job, str(root)) for job in jobs if job.path not in durations]
+    durations: dict[str, float] = {}
+    tasks = []
+    for batch in speaker_batches(jobs):
+        if all((root / job.path).is_file() for job in batch):
+            durations.update((job.path, soundfile.info(root / job.path).duration)
+                             for job in batch)
+        else:
+            tasks.append((batch, str(root)))
+    tasks.sort(key=lambda task: -len(task[0]))  # longest speakers first: balanced workers
     with tqdm(total=len(jobs), initial=len(durations), desc=desc, unit="utt",
               file=sys.stderr) as progress:
         if num_workers <= 1:
             caller_threads = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
-                for path, seconds in map(_run_job_star, tasks):
-                    durations[path] = seconds
-                    progress.update()
+                for written in map(_run_speaker, tasks):
+                    durations.update(written)
+                    progress.update(len(written))
             finally:
                 torch.set_num_threads(caller_threads)
         elif tasks:
             context = multiprocessing.get_context("spawn")
             with context.Pool(num_workers, _init_worker) as pool:
-                for path, seconds in pool.imap_unordered(_run_job_star, tasks, chunksize=1):
-                    durations[path] = seconds
-                    progress.update()
+                for written in pool.imap_unordered(_run_speaker, tasks, chunksize=1):
+                    durations.update(written)
+                    progress.update(len(written))
     return durations
 
 

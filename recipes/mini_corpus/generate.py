@@ -21,8 +21,9 @@ audio file, durations, timing). The corpus is built in a hidden staging folder n
 interrupted run never leaves something that looks finished. Valid and test speakers come from
 voice families that training never uses (``voices.split_pools``); no sentence is in two splits,
 even after ``grammar.normalise``, and valid/test sentences follow templates held out from training; every
-valid/test intent is also in train; labels and sentences are deterministic for a seed, and so
-is Piper's audio (seeded per utterance); eSpeak NG's audio is not bit-exact across runs.
+valid/test intent is also in train; labels, sentences and audio are deterministic for a seed
+(every synthesizer seeded per utterance, eSpeak NG started clean for each speaker), bit for bit
+whatever the number of worker processes.
 
 ``slurp-text`` (``slurp_text.generate_slurp_text``) speaks the lines of a real SLURP jsonl
 instead of our grammar, in the SLURP layout.

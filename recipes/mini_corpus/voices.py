@@ -22,12 +22,16 @@ Loaded models are cached per process.
 
 from __future__ import annotations
 
+import _ctypes
 import ctypes
+import ctypes.util
 import functools
 import hashlib
 import json
 import math
 import random
+import shutil
+import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,7 +218,8 @@ def _median_f0(sound) -> float:
 
 
 def change_gender(
-    wave: torch.Tensor, formant_ratio: float, pitch_median_hz: float | None, pitch_factor: float
+    wave: torch.Tensor, formant_ratio: float, pitch_median_hz: float | None, pitch_factor: float,
+    seed: int = 0,
 ) -> torch.Tensor:
     """Apply Praat's "Change gender" to a 16 kHz waveform.
 
@@ -223,6 +228,8 @@ def change_gender(
         formant_ratio: formant shift ratio (1.0 keeps the formants; keep it within 1.0-1.2).
         pitch_median_hz: new median F0 in Hz, or None to keep the utterance's own median.
         pitch_factor: multiplies the new median F0 (per-utterance pitch variation).
+        seed: seed of Praat's random generator, which its resynthesis draws from (unseeded,
+            the same call gives other samples in every process).
 
     Returns:
         (samples',) float32 waveform at ``SAMPLE_RATE`` Hz.
@@ -230,6 +237,7 @@ def change_gender(
     import parselmouth
     from parselmouth.praat import call
 
+    parselmouth.praat.run(f"random_initializeWithSeedUnsafelyButPredictably ({seed % 2**31})")
     sound = parselmouth.Sound(wave.numpy().astype(np.float64), SAMPLE_RATE)
     median = pitch_median_hz if pitch_median_hz is not None else _median_f0(sound)
     changed = call(sound, "Change gender", 75.0, 600.0, formant_ratio, median * pitch_factor,
@@ -252,12 +260,25 @@ _ESPEAK_CALLBACK = ctypes.CFUNCTYPE(
 
 
 class _Espeak:
-    """The process-wide libespeak-ng instance (its state is global), in synchronous mode."""
+    """A libespeak-ng instance in synchronous mode, loaded from a private copy of the library.
+
+    libespeak-ng keeps global state (waveform-generator phases, the last voice's settings)
+    from one call to the next, and breathy variants (``f*``) draw noise from its random
+    generator. A private copy of the library starts from a clean state (one copy per speaker,
+    see :func:`fresh_espeak`) and :meth:`synthesize` seeds the generator per call, so a
+    speaker's files depend only on that speaker's own calls: measured, the same call sequence
+    gives bit-identical audio in any process, and a fresh copy gives what a fresh process does.
+    """
 
     def __init__(self) -> None:
         import espeakng_loader
 
-        self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        with tempfile.TemporaryDirectory(prefix="quads-espeak-") as folder:
+            private = Path(folder) / "libespeak-ng.so"
+            shutil.copyfile(espeakng_loader.get_library_path(), private)
+            self.lib = ctypes.CDLL(str(private))  # stays mapped after the file is deleted
+        self._libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        self.lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         self.lib.espeak_Initialize.argtypes = [
             ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int
         ]
@@ -282,12 +303,17 @@ class _Espeak:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
         return 0
 
-    def synthesize(self, text: str, voice: str, rate_wpm: int, pitch: int, pitch_range: int):
-        """Synthesize ``text``; returns an int16 array at ``self.sample_rate`` Hz.
+    def close(self) -> None:
+        """Unload this copy of the library (the instance is unusable afterwards)."""
+        self.lib.espeak_Terminate()
+        _ctypes.dlclose(self.lib._handle)
 
-        libespeak-ng keeps some waveform-generator state across calls, so repeating a call
-        gives the same words and timing but samples that differ slightly.
-        """
+    def synthesize(self, text: str, voice: str, rate_wpm: int, pitch: int, pitch_range: int,
+                   seed: int):
+        """Synthesize ``text`` with eSpeak NG's and libc's random generators seeded by ``seed``;
+        returns an int16 array at ``self.sample_rate`` Hz."""
+        self.lib.espeak_ng_SetRandSeed(seed % 2**31)
+        self._libc.srand(seed % 2**32)
         if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise ValueError(f"unknown eSpeak NG voice {voice!r}")
         for param, value in ((_ESPEAK_RATE, rate_wpm), (_ESPEAK_PITCH, pitch),
@@ -305,10 +331,23 @@ class _Espeak:
         return np.concatenate(self._chunks)
 
 
-@functools.lru_cache(maxsize=1)
+_ENGINE: dict[str, _Espeak] = {}
+"""This process's current eSpeak NG engine, under the key ``"engine"`` (absent until used)."""
+
+
 def _espeak() -> _Espeak:
-    """The cached per-process eSpeak NG engine."""
-    return _Espeak()
+    """This process's current eSpeak NG engine (loaded on first use)."""
+    if "engine" not in _ENGINE:
+        _ENGINE["engine"] = _Espeak()
+    return _ENGINE["engine"]
+
+
+def fresh_espeak() -> None:
+    """Start the next eSpeak NG call from a clean engine: call it before each speaker's files,
+    so what a speaker says does not depend on which speakers this process spoke before."""
+    engine = _ENGINE.pop("engine", None)
+    if engine is not None:
+        engine.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,7 +395,8 @@ class PiperSpeaker(Voice):
         from piper import SynthesisConfig
 
         model = _piper_model()
-        model.session.reseed(utterance_seed(self.name, text, speed))
+        seed = utterance_seed(self.name, text, speed)
+        model.session.reseed(seed)
         config = SynthesisConfig(length_scale=1.0 / speed, noise_scale=self.noise_scale,
                                  noise_w_scale=self.noise_w_scale)
         chunks = [chunk.audio_float_array for chunk in model.synthesize(text, syn_config=config)]
@@ -366,7 +406,8 @@ class PiperSpeaker(Voice):
         morphed = (self.formant_ratio != 1.0 or self.pitch_median_hz is not None
                    or pitch_factor != 1.0)
         if morphed:
-            wave = change_gender(wave, self.formant_ratio, self.pitch_median_hz, pitch_factor)
+            wave = change_gender(wave, self.formant_ratio, self.pitch_median_hz, pitch_factor,
+                                 seed)
         return _normalize(wave)
 
 
@@ -392,7 +433,8 @@ class EspeakSpeaker(Voice):
         engine = _espeak()
         rate = round(min(max(self.rate_wpm * speed, 80), 450))
         pitch = round(min(max(self.pitch * pitch_factor, 0), 100))
-        pcm = engine.synthesize(text, self.voice, rate, pitch, self.pitch_range)
+        pcm = engine.synthesize(text, self.voice, rate, pitch, self.pitch_range,
+                                utterance_seed(self.name, text, speed))
         return _normalize(_resample(pcm.astype(np.float32) / 32768.0, engine.sample_rate))
 
 
