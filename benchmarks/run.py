@@ -169,6 +169,7 @@ class Benchmark:
         self.corpus = (args.corpus_dir.resolve() if args.corpus_dir else demo.make_corpus(
             self.work / "corpus", SimpleNamespace(seed=CORPUS_SEED, **MINI[args.size])))
         self.corpus_sha256 = report.corpus_sha256(self.corpus)
+        self._check_corpus()
         self.fresh: set[int] = set()  # seeds whose fp student was trained in this invocation
         self.measured: list[str] = []
 
@@ -187,22 +188,37 @@ class Benchmark:
                                  "use another --work")
         report.write_atomic(path, json.dumps(config, indent=1) + "\n")
 
+    def _check_corpus(self) -> None:
+        """Refuse to add rows to a table whose rows of this corpus name were measured on other
+        corpus files (a corpus spoken again differently): they could never be paired."""
+        others = sorted({row["corpus_sha256"] for row in report.load(self.results)["rows"]
+                         if row["corpus"] == self.args.label
+                         and row.get("corpus_sha256") not in (None, self.corpus_sha256)})
+        if others:
+            raise SystemExit(
+                f"{self.results}: its {self.args.label!r} rows were measured on corpus files "
+                f"with SHA-256 {', '.join(others)}, but {self.corpus} has "
+                f"{self.corpus_sha256}. Speak the corpus again with the documented command "
+                "(synthesis is bit-exact) or move those rows to another corpus name.")
+
     # ------------------------------------------------------------------ trained runs
     def train(self, seed: int, name: str, hparams: str, extra: list[str]) -> dict:
         """Run (or re-use) ``train.py hparams extra``; returns its summary.json plus
         ``train_seconds`` (wall time of the train.py process, None if run outside this script),
-        ``resumed`` and ``folder``."""
+        ``resumed`` and ``folder``. One invocation trains a run folder at a time: another that
+        needs the same run (e.g. the fp student behind two invocations' rows) waits for it."""
         output = self.work / "runs" / f"seed{seed}" / f"{name}-{run_sha256(hparams, extra)[:8]}"
         timing = output / "benchmark_timing.json"
-        if not (output / "summary.json").is_file():
-            resumed = output.exists()
-            start = time.perf_counter()
-            demo.train(hparams, self.corpus, output,
-                       SimpleNamespace(seed=seed, train_args=[*self.train_args, *extra]))
-            report.write_atomic(timing, json.dumps({"train_seconds": time.perf_counter() - start,
-                                                    "resumed": resumed}) + "\n")
-            if name == "fp_student":
-                self.fresh.add(seed)
+        with report.locked(output):
+            if not (output / "summary.json").is_file():
+                resumed = output.exists()
+                start = time.perf_counter()
+                demo.train(hparams, self.corpus, output,
+                           SimpleNamespace(seed=seed, train_args=[*self.train_args, *extra]))
+                report.write_atomic(timing, json.dumps(
+                    {"train_seconds": time.perf_counter() - start, "resumed": resumed}) + "\n")
+                if name == "fp_student":
+                    self.fresh.add(seed)
         summary = json.loads((output / "summary.json").read_text())
         extra_info = json.loads(timing.read_text()) if timing.is_file() else {
             "train_seconds": None, "resumed": None}

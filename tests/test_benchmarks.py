@@ -260,6 +260,53 @@ def test_work_folder_of_another_configuration_is_refused(quick):
     assert result.returncode != 0 and "use another --work" in result.stderr
 
 
+def test_rows_of_another_corpus_generation_are_refused(tmp_path):
+    corpus = tmp_path / "corpus"
+    (corpus / "slurp_real").mkdir(parents=True)
+    (corpus / "slurp_real" / "a.flac").write_bytes(b"this take")
+    output = tmp_path / "out"
+    row = {"method": "teacher", "bits": 32, "seed": 1, "corpus": "slurp_text", "n_test": 1,
+           "n_intents": 2, "accuracy": 1.0, "ci95": None, "corpus_sha256": "0123456789abcdef"}
+    report.store_row(output / "results.json", row, {"a": 1})
+    result = subprocess.run([sys.executable, "benchmarks/run.py", "--corpus", "slurp_text",
+                             "--corpus-dir", str(corpus), "--work", str(tmp_path / "work"),
+                             "--output", str(output), "--methods", "teacher"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "0123456789abcdef" in result.stderr and report.corpus_sha256(corpus) in result.stderr
+
+
+def test_two_invocations_needing_one_run_train_it_once(monkeypatch, tmp_path):
+    """The fp student behind two side-by-side invocations' rows is trained by one of them; the
+    other waits for it instead of training into the same folder."""
+    import threading
+    from types import SimpleNamespace
+
+    import run
+
+    trainings = []
+
+    def fake_train(hparams, corpus, output, args):
+        trainings.append(output)
+        time.sleep(0.5)  # the second caller arrives while this one trains
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "summary.json").write_text(json.dumps({"test_accuracy": 0.5}))
+
+    monkeypatch.setattr(run.demo, "train", fake_train)
+    bench = run.Benchmark.__new__(run.Benchmark)
+    bench.work, bench.corpus, bench.train_args, bench.fresh = tmp_path, tmp_path, [], set()
+    results = []
+    callers = [threading.Thread(target=lambda: results.append(
+        bench.train(1, "fp_student", run.FP_HPARAMS, []))) for _ in range(2)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(30)
+    assert len(trainings) == 1 and len(results) == 2
+    assert results[0]["folder"] == results[1]["folder"] == str(trainings[0])
+    assert {r["test_accuracy"] for r in results} == {0.5}
+
+
 def test_methods_option_is_checked():
     result = subprocess.run([sys.executable, "benchmarks/run.py", "--methods", "quads_mct:4,bogus"],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
