@@ -280,7 +280,6 @@ def test_two_invocations_needing_one_run_train_it_once(monkeypatch, tmp_path):
     """The fp student behind two side-by-side invocations' rows is trained by one of them; the
     other waits for it instead of training into the same folder."""
     import threading
-    from types import SimpleNamespace
 
     import run
 
