@@ -84,11 +84,12 @@ def test_quick_rows_cover_every_method_with_sane_values(quick):
     for method in ("kmeans_ptq_optimal", "kmeans_ptq_sensitive", "kmeans_ptq_mixed",
                    "coremltools_dkm", "coremltools_skm"):
         assert by_key[(method, 2)]["packed_mb"] == pytest.approx(per_tensor, rel=0.01)
-    per_row = by_key[("quads_mct", 2)]["packed_mb"]  # the 2-bit recipe: one codebook per row
+    per_row = by_key[("quads_mct", 2)]["packed_mb"]  # the 2-bit recipe: row codebooks, outliers
     for method in ("sequential", "quads_mct_random_init"):
         assert by_key[(method, 2)]["packed_mb"] == pytest.approx(per_row, rel=0.01)
-    assert per_tensor < per_row < 1.2 * per_tensor
-    assert by_key[("kmeans_ptq_outliers", 2)]["packed_mb"] > per_tensor
+    outliers = by_key[("kmeans_ptq_outliers", 2)]["packed_mb"] - per_tensor  # 0.5 % of weights
+    assert per_tensor + outliers < per_row < 1.2 * per_tensor + outliers
+    assert outliers > 0
     assert by_key[("torch_dynamic_int8", 8)]["packed_mb"] < fp["packed_mb"] / 2
     assert by_key[("teacher", 32)]["gmacs"] > fp["gmacs"]
     assert by_key[("teacher", 32)]["packed_mb"] > by_key[("student_probe", 32)]["packed_mb"]

@@ -10,9 +10,9 @@ REPO = Path(__file__).resolve().parents[1]
 FILES = sorted(REPO.glob("recipes/*/quads/hparams/*.yaml"))
 SECTION = re.compile(r"^# -{20,} (.+)$", re.MULTILINE)
 PER_FILE = {"variant", "experiment and data"}  # what a file may set on its own
-PER_WIDTH = re.compile(r"^(granularity|group_size):.*$", re.MULTILINE)
-"""Codebook layout keys a width may choose (2 bits: one codebook per row), in the quantization
-section of every quantized file."""
+PER_WIDTH = re.compile(r"^(granularity|group_size|outlier_fraction):.*$", re.MULTILINE)
+"""Codebook layout keys a width may choose (2 bits: one codebook per row, 0.5 % outliers), in
+the quantization section of every quantized file."""
 
 
 def sections(path: Path) -> dict[str, str]:
@@ -38,7 +38,7 @@ def test_shared_sections_are_identical_across_recipe_files():
             if title in PER_FILE:
                 continue
             if title == "quantization":
-                assert len(PER_WIDTH.findall(body)) == 2, f"{path.name}: granularity, group_size"
+                assert len(PER_WIDTH.findall(body)) == 3, f"{path.name}: {PER_WIDTH.pattern}"
                 body = PER_WIDTH.sub("", body)
             first = reference.setdefault(title, (body, path))
             assert body == first[0], f"section '{title}' of {path.name} differs from {first[1].name}"
