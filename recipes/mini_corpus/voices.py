@@ -331,23 +331,18 @@ class _Espeak:
         return np.concatenate(self._chunks)
 
 
-_ENGINE: dict[str, _Espeak] = {}
-"""This process's current eSpeak NG engine, under the key ``"engine"`` (absent until used)."""
-
-
+@functools.lru_cache(maxsize=1)
 def _espeak() -> _Espeak:
     """This process's current eSpeak NG engine (loaded on first use)."""
-    if "engine" not in _ENGINE:
-        _ENGINE["engine"] = _Espeak()
-    return _ENGINE["engine"]
+    return _Espeak()
 
 
 def fresh_espeak() -> None:
     """Start the next eSpeak NG call from a clean engine: call it before each speaker's files,
     so what a speaker says does not depend on which speakers this process spoke before."""
-    engine = _ENGINE.pop("engine", None)
-    if engine is not None:
-        engine.close()
+    if _espeak.cache_info().currsize:
+        _espeak().close()
+        _espeak.cache_clear()
 
 
 # ---------------------------------------------------------------------------------------------
