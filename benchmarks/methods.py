@@ -40,6 +40,7 @@ from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from speechbrain_quads.codebook.allocation import allocation_for_target, fixed_bytes, tensor_bytes
 from speechbrain_quads.codebook.quantization import (
@@ -298,7 +299,9 @@ def dkm_palettize(fp_run: Path, bits: int, out_dir: Path | None, epochs: int, ba
                         collate_fn=PaddedBatch)
     steps = epochs * len(loader)
     prepared.train()
-    for batch in itertools.islice(itertools.chain.from_iterable(itertools.repeat(loader)), steps):
+    batches = itertools.islice(itertools.chain.from_iterable(itertools.repeat(loader)), steps)
+    for batch in tqdm(batches, total=steps, desc=f"DKM {bits}-bit, lr {lr_encoder:g}",
+                      mininterval=30):
         wavs, lens = batch.sig
         hidden, frame_lens = prepared["student"](wavs, lens)
         logits = prepared["classifier"](hidden[-1], frame_lens)

@@ -123,6 +123,33 @@ def corpus_sha256(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def split_sha256(folder: Path) -> dict[str, str]:
+    """SHA-256 (16 hex digits) of the audio each split's SLURP table lists (``train``, ``devel``,
+    ``test``): where two corpora's :func:`corpus_sha256` differ, these say which split did."""
+    out = {}
+    for table in sorted(folder.glob("*.jsonl")):
+        digest = hashlib.sha256()
+        with open(table, encoding="utf-8") as handle:
+            names = sorted(rec["file"] for line in handle if line.strip()
+                           for rec in json.loads(line)["recordings"])
+        for name in names:
+            audio = next((folder / sub / name for sub in ("slurp_real", "slurp_synth")
+                          if (folder / sub / name).is_file()), None)
+            digest.update(name.encode() + b"\0" + (audio.read_bytes() if audio else b""))
+        out[table.stem] = digest.hexdigest()[:16]
+    return out
+
+
+def generation(results: dict, files_sha256: str) -> str:
+    """The corpus generation a corpus' files belong to: ``files_sha256`` itself, or the
+    generation it was verified equivalent to (``corpora[*]["equivalent_sha256"]``: the same
+    corpus spoken on another CPU, whose float rounding differs in the last bits; see run.py)."""
+    for info in results["corpora"].values():
+        if files_sha256 in info.get("equivalent_sha256", {}):
+            return info["corpus_sha256"]
+    return files_sha256
+
+
 def load(path: Path) -> dict:
     """results.json's content (an empty store when the file does not exist)."""
     if not path.is_file():

@@ -25,7 +25,10 @@ Every finished row is merged into ``--output``/results.json at once (atomic writ
 two invocations with other ``--methods`` or ``--seeds`` may run side by side, one thread each
 with ``OMP_NUM_THREADS=1``; rows of other methods, seeds and corpora are kept). A row records the
 SHA-256 of the corpus files (``corpus_sha256``; rows of two generations of a corpus are never
-paired) and names its per-recording correctness in ``predictions/<corpus>/``; results.md and
+paired; the same corpus spoken on another CPU differs in the last bits of some samples, and is
+accepted as the table's generation once its frozen-encoder probes re-measure identically, see
+``Benchmark._verify_equivalence``) and names its per-recording correctness in
+``predictions/<corpus>/``; results.md and
 the plot are re-rendered (``report.py``). A row records ``recipe_sha256``, the SHA-256 of what
 its recipe hparams file says, comments and layout aside (for the rows derived from the fp
 student, the fp student's file); a row already in results.json under today's file is skipped
@@ -141,6 +144,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+PROBES = ("teacher", "student_probe")
+"""The rows whose re-measurement tells whether two corpus files are one corpus (no training)."""
+
+
 def _run_id(run: Path) -> str:
     """A run folder and the SHA-256 of its exported model (16 hex digits): cached rows of a
     retrained fp student (same folder, other weights) are not re-used, and rows record the fp
@@ -168,7 +175,9 @@ class Benchmark:
         self._check_config()
         self.corpus = (args.corpus_dir.resolve() if args.corpus_dir else demo.make_corpus(
             self.work / "corpus", SimpleNamespace(seed=CORPUS_SEED, **MINI[args.size])))
-        self.corpus_sha256 = report.corpus_sha256(self.corpus)
+        self.files_sha256 = report.corpus_sha256(self.corpus)
+        self.corpus_sha256 = self.files_sha256  # the generation rows are paired by
+        self.unverified: str | None = None  # a generation these files may be equivalent to
         self._check_corpus()
         self.fresh: set[int] = set()  # seeds whose fp student was trained in this invocation
         self.measured: list[str] = []
@@ -190,16 +199,79 @@ class Benchmark:
 
     def _check_corpus(self) -> None:
         """Refuse to add rows to a table whose rows of this corpus name were measured on other
-        corpus files (a corpus spoken again differently): they could never be paired."""
-        others = sorted({row["corpus_sha256"] for row in report.load(self.results)["rows"]
+        corpus files (a corpus spoken again differently): they could never be paired. Files
+        already verified equivalent to the table's generation count as it; files that may be
+        the same corpus spoken on another CPU are checked by :meth:`_verify_equivalence`
+        before any row is stored."""
+        results = report.load(self.results)
+        self.corpus_sha256 = report.generation(results, self.files_sha256)
+        others = sorted({row["corpus_sha256"] for row in results["rows"]
                          if row["corpus"] == self.args.label
                          and row.get("corpus_sha256") not in (None, self.corpus_sha256)})
-        if others:
+        if len(others) == 1 and self._probe_seed(results, others[0]) is not None:
+            self.unverified = others[0]
+            print(f"[benchmark] {self.corpus} has SHA-256 {self.files_sha256}, the table's "
+                  f"{self.args.label!r} rows {others[0]}: checking that the two are one corpus "
+                  "(frozen-encoder probes) before storing any row", flush=True)
+        elif others:
             raise SystemExit(
                 f"{self.results}: its {self.args.label!r} rows were measured on corpus files "
                 f"with SHA-256 {', '.join(others)}, but {self.corpus} has "
-                f"{self.corpus_sha256}. Speak the corpus again with the documented command "
-                "(synthesis is bit-exact) or move those rows to another corpus name.")
+                f"{self.files_sha256}, and the table holds no teacher and student_probe rows "
+                "of one seed to check the two are one corpus with. Speak the corpus again with "
+                "the documented command or move those rows to another corpus name.")
+
+    def _probe_seed(self, results: dict, generation: str) -> int | None:
+        """The lowest seed whose frozen-encoder probe rows of ``generation`` have predictions."""
+        seeds = sorted({row["seed"] for row in results["rows"]})
+        return next((seed for seed in seeds if all(
+            (row := report.find(results, self.args.label, method, 32, seed)) is not None
+            and row.get("corpus_sha256") == generation
+            and report.read_predictions(self.args.output, row) is not None
+            for method in PROBES)), None)
+
+    def _verify_equivalence(self) -> None:
+        """Accept corpus files whose SHA-256 differs from the table's generation as that
+        generation, or refuse them. Synthesis is bit-exact on one machine, but float rounding
+        (ONNX Runtime's and libm's kernels) differs between CPUs in the last bits of a sample.
+        The check: the linear probes of the frozen teacher and of the pretrained student
+        (:data:`PROBES`: no trained encoder, so no training noise) re-measured on these files
+        must get every test recording right or wrong exactly as their stored rows do. Accepted
+        files are recorded in results.json (``corpora[label]["equivalent_sha256"]``, with the
+        evidence, the machine and per-split hashes), and rows measured on them keep the
+        generation's ``corpus_sha256`` (so they pair with the others) and name the files in
+        ``corpus_files_sha256``."""
+        results = report.load(self.results)
+        seed = self._probe_seed(results, self.unverified)
+        differing = {}
+        for method in PROBES:
+            stored = report.read_predictions(self.args.output, report.find(
+                results, self.args.label, method, 32, seed))
+            _, correct = self.derived_row(method, 32, seed)
+            differing[method] = sum(correct.get(i) != c for i, c in stored.items()) + len(
+                set(correct) - set(stored))
+        if any(differing.values()):
+            raise SystemExit(
+                f"{self.corpus} (SHA-256 {self.files_sha256}) is not the corpus of the table's "
+                f"{self.args.label!r} rows ({self.unverified}): re-measured on it, the probes of "
+                f"seed {seed} differ from their stored rows on {differing} test recordings. "
+                "Speak the corpus again with the documented command or move those rows to "
+                "another corpus name.")
+        evidence = {
+            "generation": self.unverified, "split_sha256": report.split_sha256(self.corpus),
+            "evidence": f"the {' and '.join(PROBES)} rows of seed {seed}, re-measured on "
+                        f"these files, get each of the {len(stored)} test recordings right or "
+                        "wrong as stored",
+            "machine": machine(), "date": datetime.date.today().isoformat()}
+        with report.locked(self.results):
+            results = report.load(self.results)
+            info = results["corpora"].setdefault(self.args.label,
+                                                 {"corpus_sha256": self.unverified})
+            info.setdefault("equivalent_sha256", {})[self.files_sha256] = evidence
+            report.write_atomic(self.results, json.dumps(results, indent=1) + "\n")
+        print(f"[benchmark] {self.files_sha256} verified as generation {self.unverified}: "
+              f"{evidence['evidence']}", flush=True)
+        self.corpus_sha256, self.unverified = self.unverified, None
 
     # ------------------------------------------------------------------ trained runs
     def train(self, seed: int, name: str, hparams: str, extra: list[str]) -> dict:
@@ -228,7 +300,7 @@ class Benchmark:
         """The fp student run of ``seed``; a newly trained one replaces its stored row at once,
         so the rows derived from it and its own row always describe the same run."""
         run = self.train(seed, "fp_student", FP_HPARAMS, [])
-        if seed in self.fresh:
+        if seed in self.fresh and self.unverified is None:
             self.fresh.discard(seed)
             self.store(self.trained_row("fp_student", 32, seed))
         return run
@@ -261,9 +333,11 @@ class Benchmark:
     def _base(self, method: str, bits: int, seed: int, run: Path) -> dict:
         """Row keys every row starts with (``ci95`` and ``n_test`` are set when stored)."""
         labels = json.loads((run / "model" / "config.json").read_text())["labels"]
+        files = ({} if self.files_sha256 == self.corpus_sha256
+                 else {"corpus_files_sha256": self.files_sha256})
         return {"method": method, "bits": bits, "seed": seed, "corpus": self.args.label,
                 "n_test": None, "n_intents": len(labels), "ci95": None,
-                "corpus_sha256": self.corpus_sha256}
+                "corpus_sha256": self.corpus_sha256, **files}
 
     # ------------------------------------------------------------------ cached in-process rows
     def cached(self, seed: int, key: str, settings: dict, compute) -> dict:
@@ -390,6 +464,8 @@ class Benchmark:
     def run(self) -> None:
         """Every selected row of every seed not yet in results.json, in :data:`plan.METHOD_BITS`
         order (so a sitting cut short still adds the most important rows)."""
+        if self.unverified:
+            self._verify_equivalence()
         for seed in self.args.seeds:
             for method, widths in self.args.selected.items():
                 for bits in widths:
@@ -442,7 +518,8 @@ def machine() -> str:
                 cpu = line.split(":", 1)[1].strip()
                 break
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores, {_memory_gb():.0f} GB RAM, {gpu}; "
+    isa = torch.backends.cpu.get_cpu_capability()
+    return (f"{cpu} ({isa}), {os.cpu_count()} cores, {_memory_gb():.0f} GB RAM, {gpu}; "
             f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
             f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
 
@@ -456,8 +533,12 @@ def main(argv: list[str] | None = None) -> dict:
     bench.run()
     with report.locked(bench.results):
         results = report.load(bench.results)
-        results["corpora"][args.label] = {**bench.corpus_info(),
-                                          "corpus_sha256": bench.corpus_sha256}
+        kept = results["corpora"].get(args.label, {})
+        results["corpora"][args.label] = {
+            **bench.corpus_info(), "corpus_sha256": bench.corpus_sha256,
+            **{k: kept[k] for k in ("split_sha256", "equivalent_sha256") if k in kept}}
+        if bench.files_sha256 == bench.corpus_sha256:
+            results["corpora"][args.label]["split_sha256"] = report.split_sha256(bench.corpus)
         results["invocations"].append({
             "corpus": args.label, "command": "python benchmarks/run.py " + shlex.join(argv),
             "machine": machine(), "minutes": (time.time() - start) / 60,

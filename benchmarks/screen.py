@@ -25,7 +25,9 @@ against the defaults before and after quantization-aware distillation, and 2- an
 
 Rows go to ``--output`` (default ``benchmarks/screening.json``, merged under a lock, written as
 each run finishes, so screens can run side by side and across sittings): ``name``, ``hparams``,
-``overrides``, ``seed``, ``corpus_sha256``, ``valid_accuracy``, ``valid_ci95``, ``n_valid``,
+``overrides``, ``seed``, ``corpus_sha256`` (the generation: another CPU's equivalent files,
+verified by ``run.py``, count as the table's, see ``--results``), ``valid_accuracy``,
+``valid_ci95``, ``n_valid``,
 ``train_seconds``, ``valid_correct`` / ``test_correct`` (0/1 strings in sorted recording order),
 and ``vs`` ({other name: exact McNemar p on valid}) for every other row of the same corpus
 generation. Runs live in ``--work``/<name> and resume from their last checkpoint.
@@ -125,6 +127,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "screening.json")
     parser.add_argument("--work", type=Path, default=REPO / "results" / "screen")
+    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results.json",
+                        help="the benchmark table whose verified corpus equivalences (the same "
+                             "corpus spoken on another CPU) name a corpus' generation")
     parser.add_argument("--teacher-cache", type=Path, default=None,
                         help="teacher feature cache (default WORK/teacher_cache); the benchmark's "
                              "cache of the same corpus can be shared")
@@ -161,9 +166,12 @@ def screen(args: argparse.Namespace) -> dict:
     valid = methods.evaluate(model, datasets["valid"])
     test = methods.recipe_correctness(run)
     right, n = sum(valid["correct"].values()), len(valid["correct"])
+    files_sha256 = report.corpus_sha256(corpus)
+    generation = report.generation(report.load(args.results), files_sha256)
     row = {"name": args.name, "hparams": args.hparams, "overrides": args.overrides,
            "from_run": str(args.from_run) if args.from_run else None, "seed": args.seed,
-           "corpus": str(corpus), "corpus_sha256": report.corpus_sha256(corpus),
+           "corpus": str(corpus), "corpus_sha256": generation,
+           **({"corpus_files_sha256": files_sha256} if files_sha256 != generation else {}),
            "valid_accuracy": valid["accuracy"], "valid_ci95": list(clopper_pearson(right, n)),
            "valid_macro_f1": valid["macro_f1"], "n_valid": n, "train_seconds": seconds,
            "valid_correct": _bits(valid["correct"]), "test_correct": _bits(test["correct"])}

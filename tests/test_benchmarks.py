@@ -281,6 +281,47 @@ def test_rows_of_another_corpus_generation_are_refused(tmp_path):
     assert "0123456789abcdef" in result.stderr and report.corpus_sha256(corpus) in result.stderr
 
 
+def test_the_same_corpus_spoken_on_another_cpu_is_accepted_only_if_its_probes_agree(
+        monkeypatch, tmp_path):
+    """Corpus files whose SHA-256 differs from the table's are taken as its generation only when
+    the frozen-encoder probes, re-measured on them, get each test recording right or wrong as
+    stored; the acceptance is recorded, and a later invocation needs no check."""
+    import run
+
+    corpus = tmp_path / "corpus"
+    (corpus / "slurp_real").mkdir(parents=True)
+    (corpus / "slurp_real" / "a.flac").write_bytes(b"this take, other rounding")
+    (corpus / "test.jsonl").write_text(json.dumps({"recordings": [{"file": "a.flac"}]}) + "\n")
+    output, generation = tmp_path / "out", "0123456789abcdef"
+    stored = {"a": 1, "b": 0}
+    for method in run.PROBES:
+        report.store_row(output / "results.json", {
+            "method": method, "bits": 32, "seed": 1, "corpus": "slurp_text", "n_test": None,
+            "n_intents": 2, "accuracy": 0.5, "ci95": None, "corpus_sha256": generation}, stored)
+    args = run.parse_args(["--corpus", "slurp_text", "--corpus-dir", str(corpus), "--work",
+                           str(tmp_path / "work"), "--output", str(output), "--methods", "teacher"])
+    remeasured = {"teacher": {"a": 1, "b": 0}, "student_probe": {"a": 1, "b": 1}}
+    monkeypatch.setattr(run.Benchmark, "derived_row",
+                        lambda self, method, bits, seed: ({}, remeasured[method]))
+
+    bench = run.Benchmark(args)
+    assert bench.unverified == generation and bench.files_sha256 == report.corpus_sha256(corpus)
+    with pytest.raises(SystemExit, match=r"differ from their stored rows on .*'student_probe': 1"):
+        bench.run()
+    assert "slurp_text" not in json.loads((output / "results.json").read_text())["corpora"]
+
+    remeasured["student_probe"] = dict(stored)
+    bench = run.Benchmark(args)
+    bench._verify_equivalence()
+    assert (bench.corpus_sha256, bench.unverified) == (generation, None)
+    accepted = json.loads((output / "results.json").read_text())["corpora"]["slurp_text"]
+    entry = accepted["equivalent_sha256"][bench.files_sha256]
+    assert entry["generation"] == generation and "2 test recordings" in entry["evidence"]
+    assert set(entry["split_sha256"]) == {"test"}
+    again = run.Benchmark(args)
+    assert (again.corpus_sha256, again.unverified) == (generation, None)
+
+
 def test_two_invocations_needing_one_run_train_it_once(monkeypatch, tmp_path):
     """The fp student behind two side-by-side invocations' rows is trained by one of them; the
     other waits for it instead of training into the same folder."""
