@@ -259,9 +259,28 @@ def dkm_attention_gb(model: nn.Module, bits: int, kmeans_iters: int) -> float:
     return 2 * kmeans_iters * numel * 2**bits * 4 / 1e9
 
 
+def _fp_model_sha256(fp_run: Path) -> str:
+    """The exported fp student's SHA-256 (its ``config.json``'s ``model_sha256``)."""
+    return json.loads((fp_run / "model" / "config.json").read_text())["model_sha256"]
+
+
+def _dkm_checkpoint(path: Path | None, identity: dict, epochs: int) -> dict | None:
+    """The DKM training state saved at ``path`` after a whole epoch, if it was trained with the
+    same ``identity`` (fp student, bits, learning rates, batch size, k-means iterations, seed)
+    and for no more than ``epochs`` epochs; otherwise None (training starts again)."""
+    if path is None or not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state["identity"] != identity or state["epoch"] > epochs:
+        print(f"[dkm] {path}: saved by another run ({state['identity']}, epoch "
+              f"{state['epoch']}), starting again", flush=True)
+        return None
+    return state
+
+
 def dkm_palettize(fp_run: Path, bits: int, out_dir: Path | None, epochs: int, batch_size: int,
                   lr_encoder: float, lr_head: float, kmeans_iters: int, seed: int,
-                  splits: tuple[str, ...] = ("test",)) -> dict:
+                  splits: tuple[str, ...] = ("test",), checkpoint: Path | None = None) -> dict:
     """Fine-tune the fp student under coremltools' DKMPalettizer for ``epochs`` epochs, finalize,
     export in the QUADS packed format (unless ``out_dir`` is None) and score on ``splits``
     (``"test"``: the scores below; ``"valid"``: ``valid_accuracy``).
@@ -272,6 +291,12 @@ def dkm_palettize(fp_run: Path, bits: int, out_dir: Path | None, epochs: int, ba
     not finish the first step in 10 minutes on 2 cores), everything else coremltools' default.
     Training: Adam (encoder ``lr_encoder``, head ``lr_head``), cross-entropy, shuffled batches of
     ``batch_size`` from the run's training set, ``epochs`` passes over it.
+
+    With ``checkpoint`` (a ``.pt`` path), the palettized model (coremltools keeps its centroids
+    in the state_dict), the optimizer and the RNG are saved there atomically after every epoch,
+    and a run of the same fp student and settings resumes from it - also a longer run from a
+    shorter one (the learning-rate trial of the chosen rate is the final run's first epoch):
+    the epochs trained then are the epochs of an uninterrupted run.
 
     Returns:
         ``accuracy``, ``macro_f1``, ``correct``, ``train_seconds`` (prepare + steps + finalize),
@@ -297,54 +322,121 @@ def dkm_palettize(fp_run: Path, bits: int, out_dir: Path | None, epochs: int, ba
                                    "lr": lr_head}])
     loader = DataLoader(datasets["train"], batch_size=batch_size, shuffle=True,
                         collate_fn=PaddedBatch)
-    steps = epochs * len(loader)
+    identity = {"fp_model_sha256": _fp_model_sha256(fp_run), "bits": bits,
+                "lr_encoder": lr_encoder, "lr_head": lr_head, "batch_size": batch_size,
+                "kmeans_iters": kmeans_iters, "seed": seed}
+    state, earlier = _dkm_checkpoint(checkpoint, identity, epochs), 0.0
+    if state is not None:
+        _create_dkm_partitions(prepared)
+        prepared.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        earlier = state["seconds"]
+        print(f"[dkm] resuming {checkpoint} after epoch {state['epoch']} of {epochs}", flush=True)
+    first = 0 if state is None else state["epoch"]
     prepared.train()
-    batches = itertools.islice(itertools.chain.from_iterable(itertools.repeat(loader)), steps)
-    for batch in tqdm(batches, total=steps, desc=f"DKM {bits}-bit, lr {lr_encoder:g}",
-                      mininterval=30):
-        wavs, lens = batch.sig
-        hidden, frame_lens = prepared["student"](wavs, lens)
-        logits = prepared["classifier"](hidden[-1], frame_lens)
-        loss = nn.functional.cross_entropy(logits, batch.intent_encoded.data.reshape(-1))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        palettizer.step()
+    progress = tqdm(total=epochs * len(loader), initial=first * len(loader), mininterval=30,
+                    desc=f"DKM {bits}-bit, lr {lr_encoder:g}")
+    for epoch in range(first, epochs):
+        for batch in loader:
+            wavs, lens = batch.sig
+            hidden, frame_lens = prepared["student"](wavs, lens)
+            logits = prepared["classifier"](hidden[-1], frame_lens)
+            loss = nn.functional.cross_entropy(logits, batch.intent_encoded.data.reshape(-1))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            palettizer.step()
+            progress.update()
+        if checkpoint is not None:
+            _save_atomic({"identity": identity, "epoch": epoch + 1, "model": prepared.state_dict(),
+                          "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
+                          "seconds": earlier + time.perf_counter() - start}, checkpoint)
+    progress.close()
+    steps = epochs * len(loader)
     finalized = palettizer.finalize(inplace=True)
-    seconds = time.perf_counter() - start
+    seconds = earlier + time.perf_counter() - start
     scored = {split: datasets[split] for split in splits}
     return {**_palettized_result(finalized, fp_run, bits, labels, out_dir, scored),
             "train_seconds": seconds, "steps": steps}
 
 
+def _create_dkm_partitions(prepared: nn.Module) -> None:
+    """Give every coremltools ``FakePalettize`` its partitions before a state_dict is loaded:
+    coremltools 9.0 restores partitions and centroids from a state_dict but not the per-partition
+    flags (``enable_partition``) that its first forward would create, so a loaded model fails on
+    its first training step without this."""
+    from coremltools.optimize.torch.palettization import FakePalettize
+
+    for module in prepared.modules():
+        fake = getattr(module, "weight_fake_quant", None)
+        if isinstance(fake, FakePalettize) and not fake.partitions:
+            fake.create_partitions(module.weight.detach())
+
+
+def _save_atomic(obj: object, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    torch.save(obj, partial)
+    partial.replace(path)
+
+
 def dkm_with_lr_search(fp_run: Path, bits: int, out_dir: Path, epochs: int, trial_epochs: int,
                        lrs: list[float], lr_head: float, batch_size: int, kmeans_iters: int,
-                       seed: int) -> dict:
+                       seed: int, checkpoints: Path | None = None) -> dict:
     """DKM with its encoder learning rate chosen on the validation split.
 
     Each of ``lrs`` trains ``trial_epochs`` epochs and is scored on the valid split (a single
     candidate is taken without a trial); the best (the smaller on ties) trains ``epochs`` epochs
     and is scored on the test split. When ``trial_epochs == epochs`` the best trial is that run
-    (same seed, same batches), so it is not trained twice. Returns :func:`dkm_palettize`'s dict
-    plus ``lr_encoder``, ``lr_head``, ``epochs``, ``trial_epochs`` and ``lr_trials``
-    ([{``lr_encoder``, ``valid_accuracy``, ``seconds``}]); ``train_seconds`` counts the trials.
+    (same seed, same batches), so it is not trained twice. With ``checkpoints`` (a folder) each
+    rate's training is checkpointed there every epoch (``lr<rate>.pt``, see
+    :func:`dkm_palettize`) and each finished trial's result kept (``trials.json``): a search cut
+    short resumes where it stopped, and the final run continues the chosen rate's trial. Returns
+    :func:`dkm_palettize`'s dict plus ``lr_encoder``, ``lr_head``, ``epochs``, ``trial_epochs``
+    and ``lr_trials`` ([{``lr_encoder``, ``valid_accuracy``, ``seconds``}]); ``train_seconds``
+    counts every epoch trained, trials included, once.
     """
     common = {"bits": bits, "batch_size": batch_size, "lr_head": lr_head,
               "kmeans_iters": kmeans_iters, "seed": seed}
     reuse = trial_epochs == epochs
+    saved = checkpoints / "trials.json" if checkpoints else None
+    identity = saved and {"fp_model_sha256": _fp_model_sha256(fp_run),
+                          "trial_epochs": trial_epochs, "reuse": reuse, **common}
+    done = {}
+    if saved is not None and saved.is_file():
+        stored = json.loads(saved.read_text())
+        done = {float(lr): run for lr, run in stored["runs"].items()
+                if stored["identity"] == identity}
     trials, runs = [], {}
     for lr in sorted(lrs) if len(lrs) > 1 else []:
-        export = out_dir.with_name(f"{out_dir.name}_lr{lr:g}") if reuse else None
-        runs[lr] = dkm_palettize(fp_run, out_dir=export, epochs=trial_epochs, lr_encoder=lr,
-                                 splits=("valid", "test") if reuse else ("valid",), **common)
+        if lr not in done:
+            export = out_dir.with_name(f"{out_dir.name}_lr{lr:g}") if reuse else None
+            done[lr] = dkm_palettize(
+                fp_run, out_dir=export, epochs=trial_epochs, lr_encoder=lr,
+                splits=("valid", "test") if reuse else ("valid",),
+                checkpoint=checkpoints / f"lr{lr:g}.pt" if checkpoints else None, **common)
+            if saved is not None:
+                report_json = json.dumps({"identity": identity, "runs": {
+                    str(k): v for k, v in done.items()}})
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                partial = saved.with_name(f".{saved.name}.partial")
+                partial.write_text(report_json)
+                partial.replace(saved)
+        runs[lr] = dict(done[lr])
         trials.append({"lr_encoder": lr, "valid_accuracy": runs[lr].pop("valid_accuracy"),
                        "seconds": runs[lr]["train_seconds"]})
     best = max(trials, key=lambda t: t["valid_accuracy"])["lr_encoder"] if trials else lrs[0]
     if reuse and trials:
         final, seconds = runs[best], sum(t["seconds"] for t in trials)
     else:
-        final = dkm_palettize(fp_run, out_dir=out_dir, epochs=epochs, lr_encoder=best, **common)
-        seconds = final["train_seconds"] + sum(t["seconds"] for t in trials)
+        final = dkm_palettize(fp_run, out_dir=out_dir, epochs=epochs, lr_encoder=best,
+                              checkpoint=checkpoints / f"lr{best:g}.pt" if checkpoints else None,
+                              **common)
+        # a checkpointed final run continued its trial: that trial's seconds are in its own
+        seconds = final["train_seconds"] + sum(t["seconds"] for t in trials
+                                               if checkpoints is None or t["lr_encoder"] != best)
     return {**final, "train_seconds": seconds, "lr_encoder": best, "lr_head": lr_head,
             "epochs": epochs, "lr_trials": trials, "trial_epochs": trial_epochs if trials else 0}
 

@@ -423,7 +423,8 @@ class Benchmark:
         result = self.cached(seed, f"{method}_{bits}bit", settings, functools.partial(
             in_child, methods.dkm_with_lr_search, fp_run=folder, bits=bits, out_dir=exports,
             epochs=args.dkm_epochs, trial_epochs=args.dkm_trial_epochs, lrs=args.dkm_lrs,
-            lr_head=1e-3, batch_size=16, kmeans_iters=iters, seed=seed))
+            lr_head=1e-3, batch_size=16, kmeans_iters=iters, seed=seed,
+            checkpoints=self.work / "dkm_checkpoints" / f"seed{seed}" / f"{method}_{bits}bit"))
         return {**result, "kmeans_iters": iters, "attention_gb_estimate": round(estimate, 2)}
 
     def _probe(self, method: str, folder: Path, seed: int) -> dict:

@@ -1,5 +1,6 @@
 """The comparison benchmark (--quick) and the latency benchmark, run as a user runs them."""
 
+import functools
 import json
 import subprocess
 import sys
@@ -232,7 +233,7 @@ def test_dkm_learning_rate_is_chosen_on_valid(monkeypatch, tmp_path, epochs, tra
     calls = []
 
     def fake(fp_run, bits, out_dir, epochs, batch_size, lr_encoder, lr_head, kmeans_iters, seed,
-             splits=("test",)):
+             splits=("test",), checkpoint=None):
         calls.append((epochs, lr_encoder))
         valid = {1e-5: 0.5, 5e-5: 0.75, 2e-4: 0.75}[lr_encoder]  # a tie: the smaller lr wins
         result = {"train_seconds": 10.0 * epochs, "steps": 2 * epochs, "export": str(out_dir)}
@@ -254,6 +255,58 @@ def test_dkm_learning_rate_is_chosen_on_valid(monkeypatch, tmp_path, epochs, tra
     assert result["train_seconds"] == 30.0 + (10.0 * epochs if epochs > 1 else 0.0)
     assert result["export"] == str(out if epochs > 1 else tmp_path / "coremltools_dkm_4bit_lr5e-05")
     assert "valid_accuracy" not in result
+
+    # with a checkpoint folder, finished trials are kept: a second search trains only what is left
+    monkeypatch.setattr(methods, "_fp_model_sha256", lambda fp_run: "fp-sha")
+    search = functools.partial(methods.dkm_with_lr_search, Path("fp"), 4, out, epochs=epochs,
+                               trial_epochs=1, lrs=[1e-5, 2e-4, 5e-5], lr_head=1e-3,
+                               batch_size=16, kmeans_iters=3, seed=1,
+                               checkpoints=tmp_path / "checkpoints")
+    calls.clear()
+    first = search()
+    assert sorted(calls) == sorted(trained)
+    calls.clear()
+    again = search()
+    assert calls == [c for c in trained if c[0] == epochs and epochs > 1]
+    assert again["lr_trials"] == first["lr_trials"] and again["accuracy"] == first["accuracy"]
+    # the checkpointed final run continues its trial: that trial's seconds are counted once
+    assert first["train_seconds"] == 20.0 + (10.0 * epochs if epochs > 1 else 10.0)
+
+
+def test_dkm_resumed_from_its_checkpoint_ends_as_an_uninterrupted_run(quick, tmp_path):
+    """Two epochs of DKM in one go, and one epoch then a second run resuming from its
+    checkpoint, end with the same palettized weights, optimizer state and scores."""
+    import methods
+    import torch
+
+    _, work, _ = quick
+    fp_run = next((work / "runs" / "seed1").glob("fp_student-*"))
+    common = {"bits": 2, "out_dir": None, "batch_size": 16, "lr_encoder": 1e-4, "lr_head": 1e-3,
+              "kmeans_iters": 1, "seed": 1, "splits": ("valid", "test")}
+    whole = methods.dkm_palettize(fp_run, epochs=2, checkpoint=tmp_path / "whole.pt", **common)
+    methods.dkm_palettize(fp_run, epochs=1, checkpoint=tmp_path / "parts.pt", **common)
+    first = torch.load(tmp_path / "parts.pt", weights_only=False)
+    assert first["epoch"] == 1
+    resumed = methods.dkm_palettize(fp_run, epochs=2, checkpoint=tmp_path / "parts.pt", **common)
+    a, b = (torch.load(tmp_path / name, weights_only=False) for name in ("whole.pt", "parts.pt"))
+    assert a["epoch"] == b["epoch"] == 2
+
+    def same(x, y) -> bool:  # coremltools keeps centroids and partitions as lists of tensors
+        if isinstance(x, torch.Tensor):
+            return isinstance(y, torch.Tensor) and torch.equal(x, y)
+        if isinstance(x, list | tuple):
+            return len(x) == len(y) and all(map(same, x, y))
+        if isinstance(x, dict):
+            return x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
+        return x == y
+
+    assert a["model"].keys() == b["model"].keys()
+    assert all(same(a["model"][k], b["model"][k]) for k in a["model"])
+    assert not all(same(a["model"][k], first["model"][k]) for k in a["model"])
+    assert same(a["rng"], b["rng"]) and same(a["optimizer"], b["optimizer"])
+    assert (resumed["correct"], resumed["valid_accuracy"]) == (whole["correct"],
+                                                               whole["valid_accuracy"])
+    assert resumed["train_seconds"] > b["seconds"] - first["seconds"]
 
 
 def test_work_folder_of_another_configuration_is_refused(quick):
