@@ -54,11 +54,6 @@ MIXED_WIDTHS = [3, 4, 5, 6, 8]
 """``target_widths`` of ``quads_mct_mixed``: no tensor below 3 bits (chosen on valid:
 ``benchmarks/screening.json``, ``quads_qad_mixed3.0mb_min3``)."""
 
-MIXED_OUTLIER_FRACTION = 0.0
-"""``outlier_fraction`` of ``quads_mct_mixed``: none, as screened. The 4-bit recipe keeps 0.5 %
-of the weights exactly (0.29 MiB), but every tensor at 3 bits already takes 2.82 MiB, so 3.0 MiB
-cannot hold both."""
-
 
 def recipe_of(method: str, bits: int) -> tuple[str, list[str]]:
     """The recipe hparams file and train.py overrides of a trained row (derived rows: the fp
@@ -66,8 +61,7 @@ def recipe_of(method: str, bits: int) -> tuple[str, list[str]]:
     if method == "quads_mct_mixed":
         widths = ",".join(map(str, MIXED_WIDTHS))
         return "hparams/slurp_4bit.yaml", [f"--target_mb={MIXED_TARGET_MB[bits]}",
-                                           f"--target_widths=[{widths}]",
-                                           f"--outlier_fraction={MIXED_OUTLIER_FRACTION}"]
+                                           f"--target_widths=[{widths}]"]
     if method in TRAINED:
         return f"hparams/slurp_{bits}bit.yaml", TRAINED[method]
     return FP_HPARAMS, []

@@ -13,6 +13,9 @@ PER_FILE = {"variant", "experiment and data"}  # what a file may set on its own
 PER_WIDTH = re.compile(r"^(granularity|group_size|outlier_fraction):.*$", re.MULTILINE)
 """Codebook layout keys a width may choose (2 bits: one codebook per row, 0.5 % outliers), in
 the quantization section of every quantized file."""
+PER_WIDTH_LOSS = re.compile(r"^quant_distill_weight:.*$", re.MULTILINE)
+"""The teacher term's weight in quantization phases, which a width may choose (4 bits: 1.0), in
+the losses section of every file."""
 
 
 def sections(path: Path) -> dict[str, str]:
@@ -40,6 +43,9 @@ def test_shared_sections_are_identical_across_recipe_files():
             if title == "quantization":
                 assert len(PER_WIDTH.findall(body)) == 3, f"{path.name}: {PER_WIDTH.pattern}"
                 body = PER_WIDTH.sub("", body)
+            if title == "losses and optimisation":
+                assert len(PER_WIDTH_LOSS.findall(body)) == 1, f"{path.name}: quant_distill_weight"
+                body = PER_WIDTH_LOSS.sub("", body)
             first = reference.setdefault(title, (body, path))
             assert body == first[0], f"section '{title}' of {path.name} differs from {first[1].name}"
     assert {"models", "quantization", "MCT schedule", "losses and optimisation"} <= set(reference)
