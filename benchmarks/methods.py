@@ -58,6 +58,9 @@ from speechbrain_quads.training.probe import pooled_features
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes" / "SLURP" / "quads"))
 import train as recipe  # noqa: E402  (the SLURP recipe's train.py: its data pipeline)
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402  (benchmarks/report.py: atomic writes)
+
 MB = 2**20
 
 
@@ -270,7 +273,7 @@ def _dkm_checkpoint(path: Path | None, identity: dict, epochs: int) -> dict | No
     and for no more than ``epochs`` epochs; otherwise None (training starts again)."""
     if path is None or not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     if state["identity"] != identity or state["epoch"] > epochs:
         print(f"[dkm] {path}: saved by another run ({state['identity']}, epoch "
               f"{state['epoch']}), starting again", flush=True)
@@ -418,12 +421,8 @@ def dkm_with_lr_search(fp_run: Path, bits: int, out_dir: Path, epochs: int, tria
                 splits=("valid", "test") if reuse else ("valid",),
                 checkpoint=checkpoints / f"lr{lr:g}.pt" if checkpoints else None, **common)
             if saved is not None:
-                report_json = json.dumps({"identity": identity, "runs": {
-                    str(k): v for k, v in done.items()}})
-                saved.parent.mkdir(parents=True, exist_ok=True)
-                partial = saved.with_name(f".{saved.name}.partial")
-                partial.write_text(report_json)
-                partial.replace(saved)
+                report.write_atomic(saved, json.dumps({"identity": identity, "runs": {
+                    str(k): v for k, v in done.items()}}))
         runs[lr] = dict(done[lr])
         trials.append({"lr_encoder": lr, "valid_accuracy": runs[lr].pop("valid_accuracy"),
                        "seconds": runs[lr]["train_seconds"]})

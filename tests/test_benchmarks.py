@@ -285,10 +285,10 @@ def test_dkm_resumed_from_its_checkpoint_ends_as_an_uninterrupted_run(quick, tmp
               "kmeans_iters": 1, "seed": 1, "splits": ("valid", "test")}
     whole = methods.dkm_palettize(fp_run, epochs=2, checkpoint=tmp_path / "whole.pt", **common)
     methods.dkm_palettize(fp_run, epochs=1, checkpoint=tmp_path / "parts.pt", **common)
-    first = torch.load(tmp_path / "parts.pt", weights_only=False)
+    first = torch.load(tmp_path / "parts.pt", weights_only=True)
     assert first["epoch"] == 1
     resumed = methods.dkm_palettize(fp_run, epochs=2, checkpoint=tmp_path / "parts.pt", **common)
-    a, b = (torch.load(tmp_path / name, weights_only=False) for name in ("whole.pt", "parts.pt"))
+    a, b = (torch.load(tmp_path / name, weights_only=True) for name in ("whole.pt", "parts.pt"))
     assert a["epoch"] == b["epoch"] == 2
 
     def same(x, y) -> bool:  # coremltools keeps centroids and partitions as lists of tensors
