@@ -17,8 +17,8 @@ picks a knob.
 
 ``--study NAME`` screens every variant of a preset (:data:`STUDIES`) not yet in the output, one
 after the other: ``schedule`` is the paper's third open question at 4 bits (MCT rounds 3 and 7
-with 1-epoch phases, 3 rounds of 2-epoch phases, under today's defaults; 5 rounds of 1 epoch is
-``quads4_probe_ste_optimal_reassign``); ``codebook`` the fp student's knobs (probe-initialised
+with 1-epoch phases, 3 rounds of 2-epoch phases, under today's 4-bit defaults; 5 rounds of 1
+epoch is ``quads4_qdw1_g3``); ``codebook`` the fp student's knobs (probe-initialised
 head, logit distillation), then, on the probe-initialised head, the codebook knobs of issue 13
 against the defaults before and after quantization-aware distillation, and 2- and 8-bit runs.
 ``--table`` prints every row with exact McNemar p-values against ``--baselines``.
@@ -65,12 +65,18 @@ variants spell out every knob they compare, so their meaning does not drift with
 QAD = ["--kmeans_init=optimal", "--recluster=reassign", "--distill_through_quantizer=True"]
 """Today's default: quantization-aware distillation, near-exact k-means, trained centroids kept."""
 
+TEACHER_IN_QUANT = ["--quant_distill_weight=1.0"]
+"""The 4-bit recipes' teacher term in quantization phases (default since generation 3)."""
+
 STUDIES = {
     "schedule": [
-        ("schedule_mct3_qad", "slurp_4bit.yaml", [*PROBE, *QAD, "--mct_iterations=3"]),
-        ("schedule_mct7_qad", "slurp_4bit.yaml", [*PROBE, *QAD, "--mct_iterations=7"]),
-        ("schedule_mct3_2epoch_qad", "slurp_4bit.yaml",
-         [*PROBE, *QAD, "--mct_iterations=3", "--distill_epochs=2", "--quant_epochs=2"]),
+        ("schedule_mct3", "slurp_4bit.yaml",
+         [*PROBE, *QAD, *TEACHER_IN_QUANT, "--mct_iterations=3"]),
+        ("schedule_mct7", "slurp_4bit.yaml",
+         [*PROBE, *QAD, *TEACHER_IN_QUANT, "--mct_iterations=7"]),
+        ("schedule_mct3_2epoch", "slurp_4bit.yaml",
+         [*PROBE, *QAD, *TEACHER_IN_QUANT, "--mct_iterations=3", "--distill_epochs=2",
+          "--quant_epochs=2"]),
     ],
     "codebook": [
         ("fp_probe_init", "slurp_32bit.yaml", PROBE),
