@@ -56,10 +56,8 @@ from speechbrain_quads.evaluation.metrics import accuracy, macro_f1
 from speechbrain_quads.training.probe import pooled_features
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes" / "SLURP" / "quads"))
+import report  # noqa: E402  (benchmarks/report.py, beside this module: atomic writes)
 import train as recipe  # noqa: E402  (the SLURP recipe's train.py: its data pipeline)
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import report  # noqa: E402  (benchmarks/report.py: atomic writes)
 
 MB = 2**20
 
