@@ -53,11 +53,13 @@ import json
 import multiprocessing
 import os
 import platform
+import resource
 import shlex
 import sys
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -157,9 +159,18 @@ def _run_id(run: Path) -> str:
 
 
 def in_child(function, **kwargs) -> dict:
-    """``function(**kwargs)`` in a fresh process: a run killed (e.g. for memory) raises here."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(function, **kwargs).result()
+    """``function(**kwargs)`` in a fresh process. A child killed from outside (the kernel's
+    out-of-memory killer sends SIGKILL) raises ``ChildProcessError`` with the largest peak
+    memory any child of this benchmark reached (GB), so the skipped row says why."""
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(function, **kwargs).result()
+    except BrokenProcessPool as error:
+        peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9
+        total_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+        raise ChildProcessError(
+            f"child process killed before it finished (as the out-of-memory killer does); "
+            f"largest child peak memory {peak_gb:.1f} GB of {total_gb:.1f} GB") from error
 
 
 class Benchmark:

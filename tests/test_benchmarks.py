@@ -546,3 +546,25 @@ def test_layer_sensitivity_scores_each_group_on_valid_and_merges_rows(quick, tmp
                           "--groups", "encoder"], cwd=REPO, capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 2 and "--groups: unknown ['encoder']" in bad.stderr
+
+
+def _allocate_then_die(n_bytes: int) -> dict:
+    """Touch ``n_bytes`` of memory, then die as the out-of-memory killer kills (SIGKILL)."""
+    import os
+    import signal
+
+    block = bytearray(n_bytes)
+    block[::4096] = b"x" * len(block[::4096])
+    os.kill(os.getpid(), signal.SIGKILL)
+    return {}
+
+
+def test_in_child_names_a_killed_child_and_its_peak_memory():
+    """A DKM/SKM child killed from outside becomes an error that says so, with its peak memory
+    at least the 300 MB it touched (the reason a skipped row carries into results.json)."""
+    import run
+
+    with pytest.raises(ChildProcessError, match="killed before it finished") as caught:
+        run.in_child(_allocate_then_die, n_bytes=300_000_000)
+    peak_gb = float(str(caught.value).split("peak memory ")[1].split(" GB")[0])
+    assert peak_gb >= 0.3
