@@ -26,7 +26,6 @@ and is scored on the same test manifest as the trained runs; every score comes w
 
 from __future__ import annotations
 
-import csv
 import io
 import itertools
 import json
@@ -101,19 +100,7 @@ def recipe_correctness(run_dir: Path) -> dict:
     Returns ``accuracy``, ``macro_f1`` and ``correct`` ({file name: 0/1}); the intent is
     ``scenario_action`` in both files.
     """
-    with open(run_dir / "test-type=direct.csv", newline="", encoding="utf-8") as handle:
-        truth = {}
-        for row in csv.DictReader(handle):
-            fields = recipe.parse_semantics(row["semantics"])
-            truth[recording_id(row)] = f"{fields['scenario']}_{fields['action']}"
-    lines = (run_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
-    predicted = {}
-    for line in lines:
-        record = json.loads(line)
-        predicted[record["file"]] = f"{record['scenario']}_{record['action']}"
-    if predicted.keys() != truth.keys():
-        raise ValueError(f"{run_dir}: predictions.jsonl has {len(predicted)} files, the test CSV "
-                         f"{len(truth)}; they differ")
+    truth, predicted = recipe.read_test_intents(run_dir)
     ids = sorted(truth)
     return _scores([predicted[i] for i in ids], [truth[i] for i in ids], ids)
 

@@ -8,7 +8,9 @@
    (hparams/slurp_4bit.yaml): Whisper base teacher, Whisper tiny.en student, 5 MCT rounds.
    Each is the same ``python train.py ...`` command a user runs on the real SLURP.
 3. Probes the frozen teacher with a linear classifier (the teacher has no intent head).
-4. Prints and writes (demo_results.md / .json) accuracy, macro-F1, size and GMACs.
+4. Prints and writes (demo_results.md / .json) accuracy with its 95% confidence interval,
+   macro-F1, size and GMACs, and the exact McNemar test of the full-precision student against
+   4-bit QUADS on the same test recordings.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import generate  # noqa: E402
 import train as recipe  # noqa: E402  (the recipe's train.py: its data pipeline)
 from hyperpyyaml import load_hyperpyyaml  # noqa: E402
 
+from speechbrain_quads.evaluation.stats import clopper_pearson, compare  # noqa: E402
 from speechbrain_quads.training.probe import linear_probe, pooled_features  # noqa: E402
 
 RUNS = (("Student, full precision (distilled)", "student_fp32", "hparams/slurp_32bit.yaml"),
@@ -74,14 +77,21 @@ def probe_teacher(hparams_file: str, corpus: Path, output: Path) -> dict:
     return {**scores, "size_mb": params * 4 / 2**20}
 
 
-def table(rows: list[dict]) -> str:
-    """Markdown table of the demo's rows."""
-    lines = ["| model | bits | accuracy | macro-F1 | size (MB) | GMACs (real length) | GMACs (30 s) |",
-             "|---|---|---|---|---|---|---|"]
+def correct_by_recording(output: Path) -> dict[str, int]:
+    """{test file name: 1 if the finished run at ``output`` got its intent right, else 0}."""
+    truth, predicted = recipe.read_test_intents(output)
+    return {name: int(predicted[name] == intent) for name, intent in truth.items()}
+
+
+def table(rows: list[dict], n_test: int) -> str:
+    """Markdown table of the demo's rows (95% CI: exact Clopper-Pearson over ``n_test``)."""
+    lines = ["| model | bits | accuracy | 95% CI | macro-F1 | size (MB) | GMACs (real length) "
+             "| GMACs (30 s) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        low, high = clopper_pearson(round(r["accuracy"] * n_test), n_test)
         lines.append(f"| {r['model']} | {r['bits']} | {100 * r['accuracy']:.2f} % | "
-                     f"{100 * r['macro_f1']:.2f} % | {r['size_mb']:.2f} | {r['gmacs_real']:.2f} | "
-                     f"{r['gmacs_30s']:.2f} |")
+                     f"{100 * low:.1f}-{100 * high:.1f} % | {100 * r['macro_f1']:.2f} % | "
+                     f"{r['size_mb']:.2f} | {r['gmacs_real']:.2f} | {r['gmacs_30s']:.2f} |")
     return "\n".join(lines)
 
 
@@ -115,12 +125,17 @@ def main() -> None:
                      "size_mb": summary["size"]["packed_bytes"] / 2**20,
                      "gmacs_real": summary["compute"]["student_gmacs_real_length"],
                      "gmacs_30s": summary["compute"]["student_gmacs_30s"]})
+    paired = compare(*(correct_by_recording(output / name) for _, name, _ in RUNS))
     minutes = (time.time() - start) / 60
-    text = (f"{table(rows)}\n\nMini SLURP-format corpus: {args.n_intents} intents, {args.n_train} "
+    text = (f"{table(rows, paired.n)}\n\nFull precision vs 4-bit QUADS on the same {paired.n} test "
+            f"recordings: {paired.a_only} right only in full precision, {paired.b_only} only in "
+            f"4 bits; exact McNemar p = {paired.p_value:.2g}.\n\n"
+            f"Mini SLURP-format corpus: {args.n_intents} intents, {args.n_train} "
             f"train / {args.n_valid} valid / {args.n_test} test recordings, seed {args.seed}; "
             f"size = the exported model.safetensors (MiB); wall time {minutes:.1f} min.\n")
     (output / "demo_results.md").write_text(text)
-    (output / "demo_results.json").write_text(json.dumps({"rows": rows, "minutes": minutes},
+    (output / "demo_results.json").write_text(json.dumps({"rows": rows, "fp_vs_4bit": paired.as_dict(),
+                                                          "minutes": minutes},
                                                          indent=1) + "\n")
     print("\n" + text, flush=True)
 

@@ -21,6 +21,8 @@ Authors
 """
 
 import ast
+import csv
+import json
 import logging
 import sys
 from pathlib import Path
@@ -82,6 +84,28 @@ def prediction_line(utt_id: str, row: dict, intent: str) -> dict:
     scenario, _, action = intent.partition("_")
     return {"file": Path(row["wav"]).name, "scenario": scenario, "action": action,
             "entities": []}
+
+
+def read_test_intents(output_folder: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """A finished run's test intents (``scenario_action``) by audio file name: the truth from
+    its test CSV and the prediction from its ``predictions.jsonl``.
+
+    Raises ValueError naming both files when they hold different recordings.
+    """
+    csv_path, jsonl_path = output_folder / "test-type=direct.csv", output_folder / "predictions.jsonl"
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        truth = {}
+        for row in csv.DictReader(handle):
+            fields = parse_semantics(row["semantics"])
+            truth[Path(row["wav"]).name] = f"{fields['scenario']}_{fields['action']}"
+    predicted = {}
+    for line in jsonl_path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        predicted[record["file"]] = f"{record['scenario']}_{record['action']}"
+    if predicted.keys() != truth.keys():
+        raise ValueError(f"{jsonl_path} has {len(predicted)} recordings, {csv_path} "
+                         f"{len(truth)}; they differ")
+    return truth, predicted
 
 
 def scenario_action_accuracy(predicted: list[str], truth: list[str]) -> dict:
