@@ -1,7 +1,6 @@
 """SLURP and FSC data preparation: the real formats in, SpeechBrain's CSVs out, bad data named."""
 
 import csv
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -9,6 +8,7 @@ from pathlib import Path
 import pytest
 import soundfile
 import torch
+from recipe_files import load_recipe_file
 from speech import synthesize_clips
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
@@ -19,15 +19,8 @@ from speechbrain_quads.data.pipeline import load_or_fit_encoder, sort_train_set
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-slurp_prepare = _load("slurp_prepare", REPO / "recipes" / "SLURP" / "prepare.py")
-fsc_prepare = _load("fsc_prepare", REPO / "recipes" / "fluent-speech-commands" / "prepare.py")
+slurp_prepare = load_recipe_file("slurp_prepare", REPO / "recipes" / "SLURP" / "prepare.py")
+fsc_prepare = load_recipe_file("fsc_prepare", REPO / "recipes" / "fluent-speech-commands" / "prepare.py")
 
 # Our own SLURP-style lines (sentence, annotation, scenario, action); the real schema is built below.
 LINES = [

@@ -11,7 +11,6 @@ as small as a run through every MCT phase allows. Each run happens in a copy of 
 """
 
 import csv
-import importlib.util
 import json
 import os
 import re
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from hyperpyyaml import load_hyperpyyaml
+from recipe_files import load_recipe_file
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "recipes" / "mini_corpus"))
@@ -58,14 +58,6 @@ def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr[-6000:]}"
     assert "Traceback" not in result.stderr
     return result
-
-
-def _load_script(script: Path):
-    """A recipe's train.py as a module (its functions, without running it)."""
-    spec = importlib.util.spec_from_file_location(f"{script.parent.parent.name}_train", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def copy_recipe(script: Path, tmp_path: Path) -> Path:
@@ -120,7 +112,8 @@ def test_recipe_runs_as_documented(row, tmp_path):
     output = recipe / "results" / hparams.stem / "1986"
     metrics = check_outputs(output, row, bits)
     if "SLURP" in row["Script_file"]:  # the demo and the benchmarks read a run back this way
-        truth, predicted = _load_script(script).read_test_intents(output)
+        train_py = load_recipe_file(f"{script.parent.parent.name}_train", script)
+        truth, predicted = train_py.read_test_intents(output)
         right = sum(predicted[name] == intent for name, intent in truth.items())
         assert right / len(truth) == pytest.approx(metrics["intent_accuracy"])
     if bits != 4:

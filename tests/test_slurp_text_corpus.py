@@ -6,13 +6,13 @@ only by case, punctuation or a filler opener), spoken into a small corpus that
 """
 
 import importlib
-import importlib.util
 import json
 import re
 import sys
 from pathlib import Path
 
 import pytest
+from recipe_files import load_recipe_file
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "recipes" / "mini_corpus"))
@@ -26,10 +26,7 @@ grammar = importlib.import_module("grammar")
 slurp_text = importlib.import_module("slurp_text")
 voices = importlib.import_module("voices")
 
-_spec = importlib.util.spec_from_file_location("slurp_prepare", REPO / "recipes" / "SLURP" /
-                                               "prepare.py")
-slurp_prepare = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(slurp_prepare)
+slurp_prepare = load_recipe_file("slurp_prepare", REPO / "recipes" / "SLURP" / "prepare.py")
 
 # (scenario, action, sentence annotations); entities inline as in SLURP.
 INTENTS = {
