@@ -36,7 +36,8 @@ LABELS = {
     "quads_mct": "QUADS (MCT)",
     "sequential": "Sequential: distil, then quantize",
     "quads_mct_random_init": "QUADS (MCT), random student init",
-    "quads_mct_mixed": "QUADS (MCT), a width per tensor in 3.0 MiB (`target_mb`)",
+    "quads_mct_mixed": "QUADS (MCT), a width per tensor (3-8 bits) in `target_mb`: 3.0 MiB (bits 3) "
+                       "or the uniform 4-bit size (bits 4)",
     "kmeans_ptq": "k-means PTQ of the fp student (no retraining)",
     "kmeans_ptq_optimal": "k-means PTQ, near-exact optimal k-means",
     "kmeans_ptq_sensitive": "k-means PTQ weighted by squared gradients (128 recordings)",
@@ -54,6 +55,8 @@ COMPARISONS = [
     ("quads_mct_mixed:3", "quads_mct:4"), ("quads_mct_mixed:3", "kmeans_ptq_mixed:3"),
     ("quads_mct_mixed:3", "fp_student:32"), ("quads_mct_mixed:3", "coremltools_skm:4"),
     ("quads_mct_mixed:3", "coremltools_dkm:4"),
+    *[("quads_mct_mixed:4", peer) for peer in ("quads_mct:4", "fp_student:32", "coremltools_skm:4",
+                                                "coremltools_dkm:4", "kmeans_ptq_mixed:4")],
     ("teacher:32", "fp_student:32"),
     *[(f"quads_mct:{b}", f"{peer}:{b}") for b in (2, 4, 8)
       for peer in ("sequential", "kmeans_ptq", "coremltools_dkm", "coremltools_skm",
