@@ -36,8 +36,8 @@ LABELS = {
     "quads_mct": "QUADS (MCT)",
     "sequential": "Sequential: distil, then quantize",
     "quads_mct_random_init": "QUADS (MCT), random student init",
-    "quads_mct_mixed": "QUADS (MCT), a width per tensor (3-8 bits) in `target_mb`: 3.0 MiB (bits 3) "
-                       "or the uniform 4-bit size (bits 4)",
+    "quads_mct_mixed": "QUADS (MCT), a width per tensor (3-8 bits) in `target_mb` (bits 3: 3.0 MiB, "
+                       "4: the uniform 4-bit size)",
     "kmeans_ptq": "k-means PTQ of the fp student (no retraining)",
     "kmeans_ptq_optimal": "k-means PTQ, near-exact optimal k-means",
     "kmeans_ptq_sensitive": "k-means PTQ weighted by squared gradients (128 recordings)",
@@ -218,7 +218,9 @@ def read_predictions(folder: Path, row: dict) -> dict[str, int] | None:
 
 def comparisons(results: dict, folder: Path) -> list[dict]:
     """Every :data:`COMPARISONS` pair whose two rows (same corpus, seed and corpus generation:
-    ``corpus_sha256`` equal where both rows have it) have predictions."""
+    ``corpus_sha256`` equal where both rows have it) have predictions; ``fp_students_differ``
+    marks two post-training rows derived from two trainings of the fp student (``fp_model_sha256``),
+    which compares two whole pipelines, not two methods on one student."""
     out = []
     pairs = {(r["corpus"], r["seed"]) for r in results["rows"]}
     for corpus, seed in sorted(pairs):
@@ -229,7 +231,9 @@ def comparisons(results: dict, folder: Path) -> list[dict]:
             if None in correct or not same_generation(*rows):
                 continue
             result = compare(*correct).as_dict()
-            out.append({"corpus": corpus, "seed": seed, "a": a, "b": b, **result})
+            fp_students = {r["fp_model_sha256"] for r in rows if r.get("fp_model_sha256")}
+            out.append({"corpus": corpus, "seed": seed, "a": a, "b": b, **result,
+                        **({"fp_students_differ": True} if len(fp_students) > 1 else {})})
     return out
 
 
@@ -293,7 +297,8 @@ def comparison_table(items: list[dict]) -> str:
     for c in items:
         lines.append(f"| {_name(c['a'])} | {_name(c['b'])} | {c['seed']} | {c['n']} | "
                      f"{_pct(c['accuracy_a'])} | {_pct(c['accuracy_b'])} | {c['a_only']} | "
-                     f"{c['b_only']} | {c['p_value']:.3g} | {verdict(c)} |")
+                     f"{c['b_only']} | {c['p_value']:.3g} | {verdict(c)}"
+                     f"{' (from two fp trainings)' if c.get('fp_students_differ') else ''} |")
     return "\n".join(lines)
 
 
@@ -310,7 +315,9 @@ METHOD_NOTES = [
     "Comparisons: both methods scored on the same test recordings (paired by file name); the "
     "exact McNemar test is a two-sided binomial test with p = 1/2 on the recordings exactly one "
     "of the two gets right. A difference is called a win only when p < 0.05; otherwise the "
-    "reading is \"no measurable difference\", whatever the accuracies.",
+    "reading is \"no measurable difference\", whatever the accuracies. \"From two fp "
+    "trainings\": both rows are post-training methods, applied to two trainings of the fp student "
+    "(the same recipe and seed, trained on two machines), so the pair compares whole pipelines.",
     "k-means PTQ: `quantize_` on the fp student (QUADS' default per-tensor k-means), no "
     "training. torch dynamic int8: `quantize_dynamic(model, {nn.Linear}, torch.qint8)`.",
     "Probes: the frozen encoder's last hidden state, mean-pooled over valid frames, standardised, "

@@ -223,6 +223,22 @@ def test_rows_of_two_corpus_generations_are_not_paired(tmp_path):
     assert report.load(path)["comparisons"] == []
 
 
+def test_post_training_rows_of_two_fp_trainings_are_marked_as_pipelines(tmp_path):
+    path = tmp_path / "results.json"
+    row = {"method": "kmeans_ptq", "bits": 4, "seed": 1, "corpus": "c", "n_test": None,
+           "n_intents": 2, "accuracy": 0.5, "ci95": None, "fp_model_sha256": "aaaa"}
+    report.store_row(path, row, {"a": 1, "b": 0})
+    report.store_row(path, {**row, "method": "kmeans_ptq_optimal"}, {"a": 0, "b": 1})
+    (same,) = report.load(path)["comparisons"]
+    assert "fp_students_differ" not in same
+    report.store_row(path, {**row, "method": "kmeans_ptq_optimal", "fp_model_sha256": "bbbb"},
+                     {"a": 0, "b": 1})
+    (differ,) = report.load(path)["comparisons"]
+    assert differ["fp_students_differ"] is True
+    assert "no measurable difference (from two fp trainings) |" in report.comparison_table(
+        [differ])
+
+
 @pytest.mark.parametrize(("epochs", "trained"), [
     (3, [(1, 1e-5), (1, 2e-4), (1, 5e-5), (3, 5e-5)]),  # trials of 1 epoch, then the best for 3
     (1, [(1, 1e-5), (1, 2e-4), (1, 5e-5)]),            # the best trial is the final run
