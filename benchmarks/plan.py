@@ -31,7 +31,8 @@ METHOD_BITS = {
              "kmeans_ptq_outliers": [2, 4],
              "torch_dynamic_int8": [8],
              "coremltools_skm": [2, 4, 8], "sequential": [2, 4], "coremltools_dkm": [2, 4, 8],
-             "quads_mct_random_init": [4], "quads_mct_mixed": [3, 4]},
+             "quads_mct_random_init": [4], "quads_mct_mixed": [3, 4],
+             "quads_mct_sensitive": [4]},
     "quick": {"fp_student": [32], "student_probe": [32], "teacher": [32], "quads_mct": [2],
               "kmeans_ptq": [2], "kmeans_ptq_optimal": [2], "kmeans_ptq_sensitive": [2],
               "kmeans_ptq_mixed": [2], "kmeans_ptq_outliers": [2],
@@ -43,7 +44,8 @@ METHOD_BITS = {
 FIXED_BITS = {"fp_student": 32, "student_probe": 32, "teacher": 32, "torch_dynamic_int8": 8}
 
 TRAINED = {"fp_student": [], "quads_mct": [], "sequential": ["--strategy=sequential"],
-           "quads_mct_random_init": ["--init=random"], "quads_mct_mixed": []}
+           "quads_mct_random_init": ["--init=random"], "quads_mct_mixed": [],
+           "quads_mct_sensitive": ["--sensitivity_samples=32"]}
 """Methods that are train.py runs, with their overrides."""
 
 MIXED_TARGET_MB = {3: 3.0, 4: 3.7337}
