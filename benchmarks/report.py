@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import secrets
+import statistics
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -360,6 +361,36 @@ def _dkm_settings(rows: list[dict]) -> list[str]:
     return lines
 
 
+def seed_table(rows: list[dict]) -> str | None:
+    """Markdown table of every method and width measured with two or more seeds: the mean and
+    standard deviation of the test accuracy over seeds, and the mean difference from the fp
+    student on the seeds both have (a paired test on one seed sees the test recordings' noise,
+    not the training seed's: this table shows the latter). None when no method has two seeds."""
+    measured = [r for r in rows if r.get("accuracy") is not None and not r.get("skipped")]
+    fp = {r["seed"]: r["accuracy"] for r in measured if r["method"] == "fp_student"}
+    groups: dict[tuple[str, int], dict[int, float]] = {}
+    for row in sorted(measured, key=_order):
+        groups.setdefault((row["method"], row["bits"]), {})[row["seed"]] = row["accuracy"]
+    lines = []
+    for (method, bits), by_seed in groups.items():
+        if len(by_seed) < 2:
+            continue
+        accs = list(by_seed.values())
+        shared = sorted(set(by_seed) & set(fp))
+        gap = (f"{100 * statistics.fmean(by_seed[s] - fp[s] for s in shared):+.2f} "
+               f"({', '.join(map(str, shared))})" if shared and method != "fp_student" else "-")
+        lines.append(f"| {LABELS.get(method, method)} | {bits} | "
+                     f"{', '.join(map(str, sorted(by_seed)))} | "
+                     f"{', '.join(_pct(by_seed[s]) for s in sorted(by_seed))} | "
+                     f"{100 * statistics.fmean(accs):.2f} | {100 * statistics.stdev(accs):.2f} | "
+                     f"{gap} |")
+    if not lines:
+        return None
+    return "\n".join(["| method | bits | seeds | accuracy per seed (%) | mean (%) | "
+                      "std over seeds (points) | mean difference from fp on the same seeds "
+                      "(points; seeds) |", "|---|---|---|---|---|---|---|", *lines])
+
+
 def markdown(results: dict) -> str:
     """results.md: one section per corpus (table, comparisons, settings, invocations)."""
     text = ["# Benchmark: QUADS against other ways to compress the student", "",
@@ -373,6 +404,9 @@ def markdown(results: dict) -> str:
         text += [f"| `{i['command']}` | {i['machine']} | {i['minutes']:.1f} |"
                  for i in results["invocations"] if i["corpus"] == corpus]
         text += ["", table(rows), ""]
+        seeds = seed_table(rows)
+        if seeds:
+            text += ["### Across training seeds", "", seeds, ""]
         items = [c for c in results["comparisons"] if c["corpus"] == corpus]
         text += ["### Paired comparisons", ""]
         text += [comparison_table(items) if items else

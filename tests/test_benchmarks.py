@@ -223,6 +223,23 @@ def test_rows_of_two_corpus_generations_are_not_paired(tmp_path):
     assert report.load(path)["comparisons"] == []
 
 
+def test_seed_table_gives_mean_spread_and_the_gap_to_fp_on_shared_seeds():
+    def row(method, bits, seed, accuracy):
+        return {"method": method, "bits": bits, "seed": seed, "accuracy": accuracy}
+
+    rows = [row("fp_student", 32, 1, 0.30), row("fp_student", 32, 2, 0.34),
+            row("quads_mct", 4, 1, 0.27), row("quads_mct", 4, 2, 0.29),
+            row("quads_mct", 4, 3, 0.31), row("quads_mct", 8, 1, 0.33)]
+    lines = report.seed_table(rows).splitlines()
+    assert len(lines) == 4  # header, rule, fp, 4-bit QUADS (8 bits has one seed)
+    assert lines[2].startswith("| Student, full precision (distilled) | 32 | 1, 2 | 30.00, 34.00 |")
+    assert lines[2].endswith("| 32.00 | 2.83 | - |")
+    # mean 29.00, std 2.00; gap on seeds 1 and 2: (-3 + -5) / 2 = -4
+    assert lines[3] == ("| QUADS (MCT) | 4 | 1, 2, 3 | 27.00, 29.00, 31.00 | 29.00 | 2.00 | "
+                        "-4.00 (1, 2) |")
+    assert report.seed_table(rows[:1] + rows[-1:]) is None
+
+
 def test_post_training_rows_of_two_fp_trainings_are_marked_as_pipelines(tmp_path):
     path = tmp_path / "results.json"
     row = {"method": "kmeans_ptq", "bits": 4, "seed": 1, "corpus": "c", "n_test": None,
