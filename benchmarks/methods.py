@@ -49,30 +49,53 @@ from speechbrain_quads.codebook.quantization import (
     quantized_modules,
 )
 from speechbrain_quads.codebook.sensitivity import squared_gradients
+from speechbrain_quads.data.manifests import write_manifests
 from speechbrain_quads.deploy.export import export_model
 from speechbrain_quads.deploy.inference import load_export
 from speechbrain_quads.evaluation.metrics import accuracy, macro_f1
 from speechbrain_quads.training.probe import pooled_features
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes" / "SLURP" / "quads"))
+import prepare  # noqa: E402  (the SLURP recipe's prepare.py: reading a SLURP folder)
 import report  # noqa: E402  (benchmarks/report.py, beside this module: atomic writes)
 import train as recipe  # noqa: E402  (the SLURP recipe's train.py: its data pipeline)
 
 MB = 2**20
 
 
-def run_datasets(run_dir: Path) -> tuple[dict[str, DynamicItemDataset], list[str]]:
+def run_datasets(run_dir: Path, csv_valid: Path | None = None
+                 ) -> tuple[dict[str, DynamicItemDataset], list[str]]:
     """Train/valid/test datasets of a finished ``train.py`` run and its labels in class order.
 
-    The run's manifests and saved label encoder are re-used, so class indices match its export.
+    The run's manifests and saved label encoder are re-used, so class indices match its export;
+    ``csv_valid`` replaces the run's valid manifest (see :func:`prepare_valid`).
     """
     hparams = {"csv_train": str(run_dir / "train-type=direct.csv"),
-               "csv_valid": str(run_dir / "devel-type=direct.csv"),
+               "csv_valid": str(csv_valid or run_dir / "devel-type=direct.csv"),
                "csv_test": str(run_dir / "test-type=direct.csv"), "sorting": "random",
                "train_dataloader_opts": {},
                "label_encoder_file": str(run_dir / "save" / "label_encoder.txt")}
     datasets, encoder = recipe.dataio_prepare(hparams)
     return datasets, [encoder.ind2lab[i] for i in range(len(encoder))]
+
+
+def prepare_valid(data_folder: Path, save_folder: Path, labels: list[str]) -> Path:
+    """Write the valid manifest of another SLURP-layout folder (its ``devel.jsonl`` and
+    ``slurp_real/``, e.g. ``generate.py slurp-text-valid``'s) into ``save_folder`` with the
+    recipe's preparation, and return its path.
+
+    Raises:
+        ValueError: the folder has an intent that ``labels`` (a run's classes) lacks.
+    """
+    rows = prepare.read_split(data_folder, "devel", "direct")
+    unseen = sorted({row["intent"] for row in rows.values()} - set(labels))
+    if unseen:
+        raise ValueError(f"{prepare.split_file(data_folder, 'devel')}: {len(unseen)} intent(s) "
+                         f"the run never trained on, e.g. {unseen[:3]}")
+    name = "devel-type=direct"
+    write_manifests(save_folder, {name: rows}, prepare.COLUMNS,
+                    {"data_folder": str(data_folder.resolve())}, train=name)
+    return save_folder / f"{name}.csv"
 
 
 def load_student(run_dir: Path) -> tuple[nn.ModuleDict, list[str]]:

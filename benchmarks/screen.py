@@ -8,12 +8,18 @@
 
     python benchmarks/screen.py --corpus-dir results/slurp_text_corpus --study schedule
 
+    python benchmarks/screen.py --corpus-dir results/slurp_text_corpus \
+        --valid-dir results/slurp_text_klatt_valid --output benchmarks/screening_klatt.json \
+        --name fp_seed1 --from-run results/benchmark/slurp_text/runs/seed1/fp_student-*
+
 A variant is a recipe hparams file plus ``train.py`` overrides (after ``--``); ``--from-run``
 scores a finished run instead (e.g. a benchmark row's, as the baseline). Each variant's exported
 model is scored on the valid split (per recording, so two variants pair up for an exact McNemar
 test) and its test predictions are kept but not shown: variants are chosen on valid, and only
 the chosen configuration is confirmed on test (``benchmarks/run.py``), so the test split never
-picks a knob.
+picks a knob. ``--valid-dir`` scores on another SLURP-layout folder's ``devel.jsonl`` instead of
+the corpus' valid split: the same valid lines spoken by other voices
+(``generate.py slurp-text-valid``), a larger screening set than the corpus' own.
 
 ``--study NAME`` screens every variant of a preset (:data:`STUDIES`) not yet in the output, one
 after the other: ``schedule`` is the paper's third open question at 4 bits (MCT rounds 3 and 7
@@ -27,15 +33,17 @@ Rows go to ``--output`` (default ``benchmarks/screening.json``, merged under a l
 each run finishes, so screens can run side by side and across sittings): ``name``, ``hparams``,
 ``overrides``, ``seed``, ``corpus_sha256`` (the generation: another CPU's equivalent files,
 verified by ``run.py``, count as the table's, see ``--results``), ``valid_accuracy``,
-``valid_ci95``, ``n_valid``,
+``valid_ci95``, ``n_valid``, ``valid_set`` / ``valid_sha256`` (the ``--valid-dir`` folder and
+the SHA-256 of its ``devel.jsonl``; None for the corpus' own valid split),
 ``train_seconds``, ``valid_correct`` / ``test_correct`` (0/1 strings in sorted recording order),
 and ``vs`` ({other name: exact McNemar p on valid}) for every other row of the same corpus
-generation. Runs live in ``--work``/<name> and resume from their last checkpoint.
+generation and valid set. Runs live in ``--work``/<name> and resume from their last checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -130,6 +138,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="recipe hparams file in recipes/SLURP/quads/hparams/")
     parser.add_argument("--from-run", type=Path, default=None,
                         help="score this finished train.py run folder instead of training")
+    parser.add_argument("--valid-dir", type=Path, default=None,
+                        help="score on this SLURP-layout folder's devel.jsonl (e.g. "
+                             "generate.py slurp-text-valid's) instead of the corpus' valid split")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "screening.json")
     parser.add_argument("--work", type=Path, default=REPO / "results" / "screen")
@@ -167,8 +178,13 @@ def screen(args: argparse.Namespace) -> dict:
                        f"--teacher_cache_dir={cache.resolve()}",
                        *args.overrides]))
         seconds = time.perf_counter() - start
-    datasets, _ = methods.run_datasets(run)
-    model, _ = methods.load_student(run)
+    model, labels = methods.load_student(run)
+    valid_sha256 = csv_valid = None
+    if args.valid_dir is not None:
+        valid_sha256 = hashlib.sha256((args.valid_dir / "devel.jsonl").read_bytes()).hexdigest()
+        csv_valid = methods.prepare_valid(args.valid_dir, args.work / f"valid-{valid_sha256[:8]}",
+                                          labels)
+    datasets, _ = methods.run_datasets(run, csv_valid)
     valid = methods.evaluate(model, datasets["valid"])
     test = methods.recipe_correctness(run)
     right, n = sum(valid["correct"].values()), len(valid["correct"])
@@ -179,14 +195,17 @@ def screen(args: argparse.Namespace) -> dict:
            "corpus": str(corpus), "corpus_sha256": generation,
            **({"corpus_files_sha256": files_sha256} if files_sha256 != generation else {}),
            "valid_accuracy": valid["accuracy"], "valid_ci95": list(clopper_pearson(right, n)),
-           "valid_macro_f1": valid["macro_f1"], "n_valid": n, "train_seconds": seconds,
+           "valid_macro_f1": valid["macro_f1"], "n_valid": n,
+           "valid_set": str(args.valid_dir.resolve()) if args.valid_dir else None,
+           "valid_sha256": valid_sha256, "train_seconds": seconds,
            "valid_correct": _bits(valid["correct"]), "test_correct": _bits(test["correct"])}
     with report.locked(args.output):
         rows = [r for r in load(args.output) if r["name"] != args.name] + [row]
         for one in rows:
             one["vs"] = {other["name"]: compare(_map(one), _map(other)).p_value
                          for other in rows if other is not one
-                         and other["corpus_sha256"] == one["corpus_sha256"]}
+                         and other["corpus_sha256"] == one["corpus_sha256"]
+                         and other.get("valid_sha256") == one.get("valid_sha256")}
         report.write_atomic(args.output, json.dumps(rows, indent=1) + "\n")
     print(f"[screen] {args.name}: valid {100 * row['valid_accuracy']:.2f} % "
           f"[{100 * row['valid_ci95'][0]:.1f}, {100 * row['valid_ci95'][1]:.1f}] on {n}",

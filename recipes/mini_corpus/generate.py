@@ -26,13 +26,16 @@ valid/test intent is also in train; labels, sentences and audio are deterministi
 whatever the number of worker processes.
 
 ``slurp-text`` (``slurp_text.generate_slurp_text``) speaks the lines of a real SLURP jsonl
-instead of our grammar, in the SLURP layout.
+instead of our grammar, in the SLURP layout; ``slurp-text-valid``
+(``slurp_text.generate_klatt_valid``) speaks such a corpus' valid lines again with Klatt voices
+that no split uses (a second valid set for screening).
 
 Usage::
 
     python recipes/mini_corpus/generate.py slurp /tmp/slurp_mini --n-train 200 --seed 1
     python recipes/mini_corpus/generate.py fsc /tmp/fsc_mini --n-train 200 --n-intents 16
     python recipes/mini_corpus/generate.py slurp-text --source devel.jsonl /tmp/slurp_text
+    python recipes/mini_corpus/generate.py slurp-text-valid --corpus /tmp/slurp_text /tmp/klatt
 """
 
 from __future__ import annotations
@@ -350,7 +353,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="output folder (must not "
                         "exist unless --overwrite)")
     common.add_argument("--seed", type=int, default=None,
-                        help="random seed (default: 0 for slurp/fsc, 1 for slurp-text)")
+                        help="random seed (default: 0 for slurp/fsc, 1 for slurp-text*)")
     common.add_argument("--num-workers", type=int, default=2, help="synthesis processes")
     common.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
     sizes = argparse.ArgumentParser(add_help=False)
@@ -400,6 +403,13 @@ def _parser() -> argparse.ArgumentParser:
     text.add_argument("--test-recordings", type=int, default=2,
                       help="speakers saying each test line")
     text.add_argument("--n-train-speakers", type=int, default=36, help="training speakers")
+    again = commands.add_parser("slurp-text-valid", parents=[common],
+                                help="a slurp-text corpus' valid lines said by Klatt voices "
+                                     "that no split uses (devel.jsonl + slurp_real/)")
+    again.add_argument("--corpus", type=Path, required=True,
+                       help="the SLURP-layout corpus whose devel.jsonl is spoken again")
+    again.add_argument("--recordings", type=int, default=4,
+                       help="speakers saying each valid line (at most 4)")
     return parser
 
 
@@ -416,6 +426,12 @@ def main(argv: list[str] | None = None) -> Path:
             max_train_lines=args.max_train_lines, synthetic_share=args.synthetic_share,
             valid_recordings=args.valid_recordings, test_recordings=args.test_recordings,
             n_train_speakers=args.n_train_speakers, **run)
+    elif args.format == "slurp-text-valid":
+        import slurp_text
+
+        out = slurp_text.generate_klatt_valid(
+            args.corpus, args.out_dir, recordings=args.recordings,
+            seed=1 if args.seed is None else args.seed, **run)
     else:
         common = dict(n_train=args.n_train, n_valid=args.n_valid, n_test=args.n_test,
                       n_speakers=args.n_speakers, n_heldout_speakers=args.n_heldout_speakers,

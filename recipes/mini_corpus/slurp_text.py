@@ -14,6 +14,9 @@ that ``recipes/SLURP/prepare.py`` reads unchanged.
 - Training speakers are Piper voices and eSpeak NG voices of the training accents and variants;
   valid and test speakers are eSpeak NG voices of other accents and variants
   (``voices.split_pools``). A valid/test line is said by several of its split's speakers.
+- ``generate_klatt_valid`` speaks a finished corpus' valid lines again, with voices of eSpeak
+  NG's Klatt synthesizer (as most test voices) that no split uses: a second, larger valid set
+  for screening, in the same layout (``devel.jsonl`` and ``slurp_real/``).
 """
 
 from __future__ import annotations
@@ -291,3 +294,47 @@ def generate_slurp_text(
     }
     return corpus_writer.build(out_dir, plan, arguments, num_workers, overwrite, resumable=True,
                           extra={"text_split": summary})
+
+
+def plan_klatt_valid(corpus: str | Path, recordings: int = 4, seed: int = 1
+                     ) -> corpus_writer.CorpusPlan:
+    """Plan a second voicing of ``corpus``' valid lines (its ``devel.jsonl``): each line said
+    by ``recordings`` speakers of ``voices.espeak_voices("valid_klatt")`` (held-out accents x
+    Klatt voice sources no split uses), chosen round-robin.
+
+    Raises:
+        ValueError: ``corpus`` already has one of these speakers, or lacks ``devel.jsonl``.
+    """
+    corpus = Path(corpus)
+    devel = corpus / generate.SLURP_FILES["valid"]
+    if not devel.is_file():
+        raise ValueError(f"{devel}: not found; give a SLURP-layout corpus folder")
+    speakers = voices.heldout_pool("valid_klatt", len(voices.espeak_voices("valid_klatt")), seed)
+    manifest = corpus / corpus_writer.MANIFEST
+    if manifest.is_file():
+        used = {name for split in json.loads(manifest.read_text(encoding="utf-8"))["splits"]
+                .values() for name in split["speakers"]}
+        shared = sorted(used & {voice.name for voice in speakers})
+        if shared:
+            raise ValueError(f"{manifest}: the corpus already uses {shared}; its valid lines "
+                             f"would not be spoken by new voices")
+    table, jobs = _part(read_records(devel), list(speakers), recordings, "slurp_real",
+                        random.Random(seed), seed)
+    return corpus_writer.CorpusPlan("slurp", {"valid": list(speakers)}, {"valid": jobs},
+                                    {generate.SLURP_FILES["valid"]: table})
+
+
+def generate_klatt_valid(corpus: str | Path, out_dir: str | Path, recordings: int = 4,
+                         seed: int = 1, num_workers: int = 2, overwrite: bool = False) -> Path:
+    """Speak ``plan_klatt_valid(corpus, recordings, seed)`` into ``out_dir`` (``devel.jsonl``,
+    ``slurp_real/``, the manifest with the SHA-256 of the corpus' ``devel.jsonl``); resumable
+    like ``generate_slurp_text``.
+
+    Returns:
+        ``out_dir`` as a Path.
+    """
+    devel = Path(corpus) / generate.SLURP_FILES["valid"]
+    plan = plan_klatt_valid(corpus, recordings, seed)
+    arguments = {"corpus": str(Path(corpus).resolve()), "recordings": recordings, "seed": seed,
+                 "devel_sha256": hashlib.sha256(devel.read_bytes()).hexdigest()}
+    return corpus_writer.build(out_dir, plan, arguments, num_workers, overwrite, resumable=True)

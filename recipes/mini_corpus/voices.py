@@ -62,9 +62,16 @@ ESPEAK_VARIANTS = {
     "train": ("m1", "m2", "m3", "m4", "m6", "m7", "f1", "f2", "f3"),
     "valid": ("m5", "f5"),
     "test": ("klatt", "klatt2", "klatt3", "klatt4", "f4"),
+    "valid_klatt": ("klatt5", "klatt6"),
 }
 """eSpeak NG voice variants of each split: male ``m*``, female ``f*`` (formant and pitch
-settings) and ``klatt*`` (eSpeak NG's Klatt formant synthesizer instead of its default one)."""
+settings) and ``klatt*`` (eSpeak NG's Klatt formant synthesizer instead of its default one).
+``valid_klatt`` is a second voicing of the valid lines for screening (``slurp_text.
+generate_klatt_valid``): the Klatt synthesizer, as most test voices, with its two voice sources
+that no split uses."""
+
+HELDOUT_SPLITS = ("valid", "test", "valid_klatt")
+"""The parts whose speakers are eSpeak NG voices of ``HELDOUT_ACCENTS``."""
 
 _ESPEAK_RATE_WPM = 175
 """eSpeak NG's default speaking rate, in words per minute."""
@@ -551,7 +558,7 @@ def _espeak_speaker(rng: random.Random, voice: str) -> EspeakSpeaker:
 
 def espeak_voices(split: str) -> list[str]:
     """The eSpeak NG ``accent+variant`` voices of ``split``: training accents x training
-    variants for ``train``, held-out accents x the split's own variants for ``valid``/``test``."""
+    variants for ``train``, held-out accents x the split's own variants for the others."""
     accents = TRAIN_ACCENTS if split == "train" else HELDOUT_ACCENTS
     return [f"{accent}+{variant}" for accent in accents for variant in ESPEAK_VARIANTS[split]]
 
@@ -591,14 +598,15 @@ def speaker_pool(n: int, seed: int = 0, piper_share: float = 0.5) -> list[Voice]
 
 
 def heldout_pool(split: str, n: int, seed: int = 0) -> list[EspeakSpeaker]:
-    """``n`` distinct valid or test speakers: eSpeak NG voices of ``espeak_voices(split)``.
+    """``n`` distinct valid, test or valid_klatt speakers: eSpeak NG voices of
+    ``espeak_voices(split)``.
 
     They share neither accent nor variant with any training speaker, nor with the other
     held-out split, and no Piper voice: a test speaker is never a shifted copy of a training
     voice.
     """
-    if split not in ("valid", "test"):
-        raise ValueError(f"heldout_pool: split must be 'valid' or 'test', got {split!r}")
+    if split not in HELDOUT_SPLITS:
+        raise ValueError(f"heldout_pool: split must be one of {HELDOUT_SPLITS}, got {split!r}")
     available = espeak_voices(split)
     if not 1 <= n <= len(available):
         raise ValueError(f"heldout_pool: {split} has {len(available)} voices, asked for {n}")
