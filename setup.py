@@ -37,7 +37,8 @@ EXTRAS_REQUIRE = {
         "praat-parselmouth==0.4.7",
         "espeakng-loader==0.2.4",
     ],
-    "bench": ["matplotlib==3.11.2", "coremltools==9.0"],  # benchmarks/run.py: plot, DKM peer
+    # benchmarks/run.py: plot, DKM peer, t-intervals over training seeds (report.py)
+    "bench": ["matplotlib==3.11.2", "coremltools==9.0", "scipy>=1.10"],
     # ONNX export (speechbrain_quads.deploy.onnx_export) and the torch-free onnxruntime app
     # (deploy/onnx_runtime.py, examples/classify_onnx.py; onnx is needed there only for --int8).
     "onnx": ["onnx==1.23.*", "onnxruntime>=1.20"],

@@ -18,11 +18,14 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import secrets
 import statistics
 from collections.abc import Iterator
 from pathlib import Path
+
+import scipy.stats
 
 from speechbrain_quads.evaluation.stats import clopper_pearson, compare
 
@@ -361,11 +364,23 @@ def _dkm_settings(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _gap_over_seeds(gaps: list[float]) -> str:
+    """The mean of per-seed accuracy differences in points, with its 95% Student-t interval
+    over the seeds when there are two or more (the training seed as the unit of replication)."""
+    mean = statistics.fmean(gaps)
+    if len(gaps) < 2:
+        return f"{100 * mean:+.2f}"
+    half = (scipy.stats.t.ppf(0.975, len(gaps) - 1) * statistics.stdev(gaps)
+            / math.sqrt(len(gaps)))
+    return f"{100 * mean:+.2f} [{100 * (mean - half):+.2f}, {100 * (mean + half):+.2f}]"
+
+
 def seed_table(rows: list[dict]) -> str | None:
     """Markdown table of every method and width measured with two or more seeds: the mean and
     standard deviation of the test accuracy over seeds, and the mean difference from the fp
-    student on the seeds both have (a paired test on one seed sees the test recordings' noise,
-    not the training seed's: this table shows the latter). None when no method has two seeds."""
+    student on the seeds both have, with its 95% t-interval over those seeds (a paired test on
+    one seed sees the test recordings' noise, not the training seed's: this table shows the
+    latter). None when no method has two seeds."""
     measured = [r for r in rows if r.get("accuracy") is not None and not r.get("skipped")]
     fp = {r["seed"]: r["accuracy"] for r in measured if r["method"] == "fp_student"}
     groups: dict[tuple[str, int], dict[int, float]] = {}
@@ -377,7 +392,7 @@ def seed_table(rows: list[dict]) -> str | None:
             continue
         accs = list(by_seed.values())
         shared = sorted(set(by_seed) & set(fp))
-        gap = (f"{100 * statistics.fmean(by_seed[s] - fp[s] for s in shared):+.2f} "
+        gap = (f"{_gap_over_seeds([by_seed[s] - fp[s] for s in shared])} "
                f"({', '.join(map(str, shared))})" if shared and method != "fp_student" else "-")
         lines.append(f"| {LABELS.get(method, method)} | {bits} | "
                      f"{', '.join(map(str, sorted(by_seed)))} | "
@@ -388,7 +403,8 @@ def seed_table(rows: list[dict]) -> str | None:
         return None
     return "\n".join(["| method | bits | seeds | accuracy per seed (%) | mean (%) | "
                       "std over seeds (points) | mean difference from fp on the same seeds "
-                      "(points; seeds) |", "|---|---|---|---|---|---|---|", *lines])
+                      "[95% t-interval over them] (points; seeds) |",
+                      "|---|---|---|---|---|---|---|", *lines])
 
 
 def markdown(results: dict) -> str:

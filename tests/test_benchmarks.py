@@ -1,6 +1,7 @@
 """The comparison benchmark (--quick) and the latency benchmark, run as a user runs them."""
 
 import functools
+import hashlib
 import json
 import subprocess
 import sys
@@ -234,9 +235,12 @@ def test_seed_table_gives_mean_spread_and_the_gap_to_fp_on_shared_seeds():
     assert len(lines) == 4  # header, rule, fp, 4-bit QUADS (8 bits has one seed)
     assert lines[2].startswith("| Student, full precision (distilled) | 32 | 1, 2 | 30.00, 34.00 |")
     assert lines[2].endswith("| 32.00 | 2.83 | - |")
-    # mean 29.00, std 2.00; gap on seeds 1 and 2: (-3 + -5) / 2 = -4
+    # mean 29.00, std 2.00; gap on seeds 1 and 2: (-3 + -5) / 2 = -4, standard error
+    # std(-3, -5) / sqrt(2) = 1 point, t(0.975, 1 degree of freedom) = 12.706
     assert lines[3] == ("| QUADS (MCT) | 4 | 1, 2, 3 | 27.00, 29.00, 31.00 | 29.00 | 2.00 | "
-                        "-4.00 (1, 2) |")
+                        "-4.00 [-16.71, +8.71] (1, 2) |")
+    one_shared = report.seed_table(rows[:1] + rows[2:4])
+    assert one_shared.splitlines()[2].endswith("| -3.00 (1) |")
     assert report.seed_table(rows[:1] + rows[-1:]) is None
 
 
@@ -493,6 +497,45 @@ def test_screen_scores_runs_on_valid_and_pairs_them(quick, tmp_path):
                  timeout=120).stdout.splitlines()
     assert len(table) == 4 and table[2].startswith("| fp | slurp_4bit.yaml | `(finished run)` |")
     assert f"| {100 * fp['valid_accuracy']:.2f} |" in table[2]
+
+
+def test_screen_scores_on_a_second_valid_set(quick, tmp_path):
+    """``screen.py --valid-dir``: the valid lines spoken again (``generate.py slurp-text-valid``)
+    are scored instead of the corpus' own; rows pair only with rows of the same valid set."""
+    _, work, _ = quick
+    corpus, again = work / "corpus", tmp_path / "klatt"
+    _run("recipes/mini_corpus/generate.py", "slurp-text-valid", "--corpus", str(corpus),
+         str(again), "--recordings", "2", timeout=300)
+    output = tmp_path / "screening.json"
+    fp_run = str(next((work / "runs" / "seed1").glob("fp_student-*")))
+    for name, valid_dir in (("fp", None), ("fp_klatt", again), ("quads_klatt", again)):
+        run = fp_run if name != "quads_klatt" else str(
+            next((work / "runs" / "seed1").glob("quads_mct_2bit-*")))
+        _run("benchmarks/screen.py", "--corpus-dir", str(corpus), "--name", name,
+             "--from-run", run, "--output", str(output), "--work", str(tmp_path / "work"),
+             *(["--valid-dir", str(valid_dir)] if valid_dir else []), timeout=300)
+    rows = {row["name"]: row for row in json.loads(output.read_text())}
+    lines = (again / "devel.jsonl").read_text().splitlines()
+    assert rows["fp"]["n_valid"] == 8 and rows["fp"]["valid_set"] is None
+    for name in ("fp_klatt", "quads_klatt"):
+        assert rows[name]["n_valid"] == 2 * len(lines) == len(rows[name]["valid_correct"])
+        assert rows[name]["valid_set"] == str(again.resolve())
+        assert rows[name]["valid_sha256"] == hashlib.sha256(
+            (again / "devel.jsonl").read_bytes()).hexdigest()
+    assert set(rows["fp"]["vs"]) == set() and set(rows["fp_klatt"]["vs"]) == {"quads_klatt"}
+    assert rows["fp_klatt"]["test_correct"] == rows["fp"]["test_correct"]
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "devel.jsonl").write_text("\n".join(
+        line.replace('"scenario": "', '"scenario": "unheard') for line in lines) + "\n")
+    (bad / "slurp_real").symlink_to(again / "slurp_real")
+    result = subprocess.run([sys.executable, "benchmarks/screen.py", "--corpus-dir", str(corpus),
+                             "--name", "bad", "--from-run", fp_run, "--valid-dir", str(bad),
+                             "--output", str(output), "--work", str(tmp_path / "work")],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert f"{bad / 'devel.jsonl'}: " in result.stderr and "never trained on" in result.stderr
 
 
 def test_rows_and_runs_follow_their_recipe_file(quick, tmp_path):

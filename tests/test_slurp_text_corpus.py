@@ -5,9 +5,11 @@ only by case, punctuation or a filler opener), spoken into a small corpus that
 ``recipes/SLURP/prepare.py`` must read unchanged.
 """
 
+import hashlib
 import importlib
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -244,3 +246,46 @@ def test_corpus_is_bit_exact_whatever_the_worker_count(source, corpus, tmp_path)
     first, second = (json.loads((folder / manifest).read_text()) for folder in (corpus, again))
     first.pop("generation_seconds"), second.pop("generation_seconds")
     assert first == second
+
+
+def test_klatt_valid_speaks_the_valid_lines_again_with_unused_voices(corpus, tmp_path):
+    """``generate.py slurp-text-valid --corpus CORPUS OUT`` (the docstring's command): every
+    valid line, labels unchanged, said by 4 distinct Klatt voices that no split of the corpus
+    uses, in a folder the recipe's preparation reads."""
+    out = tmp_path / "klatt"
+    result = subprocess.run([sys.executable, "recipes/mini_corpus/generate.py",
+                             "slurp-text-valid", "--corpus", str(corpus), str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    original, again = (_read_jsonl(folder / "devel.jsonl") for folder in (corpus, out))
+    assert [{k: v for k, v in line.items() if k != "recordings"} for line in again] == [
+        {k: v for k, v in line.items() if k != "recordings"} for line in original]
+    manifest = json.loads((out / corpus_writer.MANIFEST).read_text())
+    used = {name for split in json.loads((corpus / corpus_writer.MANIFEST).read_text())
+            ["splits"].values() for name in split["speakers"]}
+    speakers = set(manifest["splits"]["valid"]["speakers"])
+    assert len(speakers) == 4 and not speakers & used
+    assert {manifest["voices"][name]["voice"].split("+")[1] for name in speakers} == {
+        "klatt5", "klatt6"}
+    for line in again:
+        said_by = {manifest["speaker_of_file"][f"slurp_real/{r['file']}"]
+                   for r in line["recordings"]}
+        assert said_by == speakers
+    assert manifest["arguments"]["devel_sha256"] == hashlib.sha256(
+        (corpus / "devel.jsonl").read_bytes()).hexdigest()
+    rows = slurp_prepare.read_split(out, "devel", "direct")
+    assert len(rows) == 4 * len(original) and all(Path(r["wav"]).is_file() for r in rows.values())
+
+
+def test_klatt_valid_refuses_what_it_cannot_do(corpus, tmp_path):
+    with pytest.raises(ValueError, match="5 recordings per line need as many speakers"):
+        slurp_text.plan_klatt_valid(corpus, recordings=5)
+    with pytest.raises(ValueError, match=r"devel\.jsonl: not found"):
+        slurp_text.plan_klatt_valid(tmp_path)
+    (tmp_path / "devel.jsonl").write_bytes((corpus / "devel.jsonl").read_bytes())
+    manifest = json.loads((corpus / corpus_writer.MANIFEST).read_text())
+    manifest["splits"]["test"]["speakers"].append("espeak-en-us-nyc-klatt6")
+    (tmp_path / corpus_writer.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"mini_corpus\.json: the corpus already uses "
+                                         r"\['espeak-en-us-nyc-klatt6'\]"):
+        slurp_text.plan_klatt_valid(tmp_path)
