@@ -589,12 +589,16 @@ def test_work_folder_of_another_corpus_is_refused(quick, tmp_path):
 
 
 def test_readme_screening_table_command_runs_as_written():
-    """README's ``screen.py --table --baselines ...`` on the committed screening.json."""
+    """README's two ``screen.py --table ...`` commands on the committed screening files."""
     result = _run("benchmarks/screen.py", "--table", "--baselines",
                   "fp_probe_init,quads4_probe_init", timeout=120)
     lines = result.stdout.splitlines()
     assert lines[0].endswith("| p vs fp_probe_init | p vs quads4_probe_init |")
     assert any(line.startswith("| quads4_probe_ste_optimal_reassign |") for line in lines)
+    result = _run("benchmarks/screen.py", "--table", "--output",
+                  "benchmarks/screening_klatt.json", "--baselines", "fp_s1,quads4_s1", timeout=120)
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith("| p vs fp_s1 | p vs quads4_s1 |") and len(lines) >= 4
 
 
 def test_layer_sensitivity_scores_each_group_on_valid_and_merges_rows(quick, tmp_path):
