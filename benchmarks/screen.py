@@ -36,8 +36,12 @@ verified by ``run.py``, count as the table's, see ``--results``), ``valid_accura
 ``valid_ci95``, ``n_valid``, ``valid_set`` / ``valid_sha256`` (the ``--valid-dir`` folder and
 the SHA-256 of its ``devel.jsonl``; None for the corpus' own valid split),
 ``train_seconds``, ``valid_correct`` / ``test_correct`` (0/1 strings in sorted recording order),
-and ``vs`` ({other name: exact McNemar p on valid}) for every other row of the same corpus
-generation and valid set. Runs live in ``--work``/<name> and resume from their last checkpoint.
+``valid_sentence`` (the ``slurp_id`` of each valid recording, in the same order), ``vs``
+({other name: exact McNemar p on valid}) for every other row of the same corpus generation and
+valid set, and ``vs_by_sentence`` (the exact sign-flip test over sentences,
+``stats.compare_by_cluster``: the recordings of one sentence count as one piece of evidence;
+McNemar's p treats them as independent, which is optimistic when each line has several
+voices). Runs live in ``--work``/<name> and resume from their last checkpoint.
 """
 
 from __future__ import annotations
@@ -60,7 +64,11 @@ import demo  # noqa: E402
 import methods  # noqa: E402
 import report  # noqa: E402
 
-from speechbrain_quads.evaluation.stats import clopper_pearson, compare  # noqa: E402
+from speechbrain_quads.evaluation.stats import (  # noqa: E402
+    clopper_pearson,
+    compare,
+    compare_by_cluster,
+)
 
 PROBE = ["--classifier_init=probe"]
 """The head initialisation screened best for the fp student (valid 33.9 vs 18.5 %): every
@@ -186,6 +194,7 @@ def screen(args: argparse.Namespace) -> dict:
                                           labels)
     datasets, _ = methods.run_datasets(run, csv_valid)
     valid = methods.evaluate(model, datasets["valid"])
+    sentence = sentence_of_recording(args.valid_dir or corpus)
     test = methods.recipe_correctness(run)
     right, n = sum(valid["correct"].values()), len(valid["correct"])
     files_sha256 = report.corpus_sha256(corpus)
@@ -196,6 +205,7 @@ def screen(args: argparse.Namespace) -> dict:
            **({"corpus_files_sha256": files_sha256} if files_sha256 != generation else {}),
            "valid_accuracy": valid["accuracy"], "valid_ci95": list(clopper_pearson(right, n)),
            "valid_macro_f1": valid["macro_f1"], "n_valid": n,
+           "valid_sentence": [sentence[name] for name in sorted(valid["correct"])],
            "valid_set": str(args.valid_dir.resolve()) if args.valid_dir else None,
            "valid_sha256": valid_sha256, "train_seconds": seconds,
            "valid_correct": _bits(valid["correct"]), "test_correct": _bits(test["correct"])}
@@ -206,11 +216,32 @@ def screen(args: argparse.Namespace) -> dict:
                          for other in rows if other is not one
                          and other["corpus_sha256"] == one["corpus_sha256"]
                          and other.get("valid_sha256") == one.get("valid_sha256")}
+            one["vs_by_sentence"] = {
+                other["name"]: compare_by_cluster(_map(one), _map(other),
+                                                  dict(enumerate(one["valid_sentence"])))
+                for other in rows if other is not one and other["name"] in one["vs"]
+                and "valid_sentence" in one
+                and other.get("valid_sentence") == one["valid_sentence"]}
         report.write_atomic(args.output, json.dumps(rows, indent=1) + "\n")
     print(f"[screen] {args.name}: valid {100 * row['valid_accuracy']:.2f} % "
           f"[{100 * row['valid_ci95'][0]:.1f}, {100 * row['valid_ci95'][1]:.1f}] on {n}",
           flush=True)
     return row
+
+
+def sentence_of_recording(folder: Path) -> dict[str, int]:
+    """{recording file name: ``slurp_id`` of its line} from ``folder/devel.jsonl``."""
+    path = folder / "devel.jsonl"
+    found = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            record = json.loads(line)
+            try:
+                found.update({r["file"]: record["slurp_id"] for r in record["recordings"]})
+            except (KeyError, TypeError) as error:
+                raise ValueError(f"{path}, line {number}: no slurp_id or recording file "
+                                 f"({error!r})") from None
+    return found
 
 
 def _map(row: dict) -> dict[int, int]:
@@ -227,13 +258,17 @@ def markdown(rows: list[dict], baselines: tuple[str, ...] = BASELINES) -> str:
     """The screened variants as a markdown table: valid accuracy, CI and the McNemar p against
     the baselines that exist."""
     shown = [b for b in baselines if any(r["name"] == b for r in rows)]
+    clustered = [b for b in shown if any(b in r.get("vs_by_sentence", {}) for r in rows)]
     lines = ["| variant | hparams | train.py flags | valid (%) | 95% CI (%) | "
-             + " | ".join(f"p vs {b}" for b in shown) + " |",
-             "|---|---|---|---|---|" + "---|" * len(shown)]
+             + " | ".join([*(f"p vs {b}" for b in shown),
+                           *(f"p by sentence vs {b}" for b in clustered)]) + " |",
+             "|---|---|---|---|---|" + "---|" * (len(shown) + len(clustered))]
     for row in rows:
         flags = " ".join(row["overrides"]) or ("(finished run)" if row["from_run"] else "(none)")
         low, high = row["valid_ci95"]
         cells = [f"{row['vs'][b]:.2g}" if b in row["vs"] else "-" for b in shown]
+        by_sentence = row.get("vs_by_sentence", {})
+        cells += [f"{by_sentence[b]:.2g}" if b in by_sentence else "-" for b in clustered]
         lines.append(f"| {row['name']} | {row['hparams']} | `{flags}` | "
                      f"{100 * row['valid_accuracy']:.2f} | {100 * low:.1f}-{100 * high:.1f} | "
                      + " | ".join(cells) + " |")

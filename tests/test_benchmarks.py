@@ -501,7 +501,9 @@ def test_screen_scores_runs_on_valid_and_pairs_them(quick, tmp_path):
 
 def test_screen_scores_on_a_second_valid_set(quick, tmp_path):
     """``screen.py --valid-dir``: the valid lines spoken again (``generate.py slurp-text-valid``)
-    are scored instead of the corpus' own; rows pair only with rows of the same valid set."""
+    are scored instead of the corpus' own; rows pair only with rows of the same valid set, by
+    recording (McNemar) and by sentence (sign-flip test)."""
+    from speechbrain_quads.evaluation.stats import compare_by_cluster
     _, work, _ = quick
     corpus, again = work / "corpus", tmp_path / "klatt"
     _run("recipes/mini_corpus/generate.py", "slurp-text-valid", "--corpus", str(corpus),
@@ -523,6 +525,14 @@ def test_screen_scores_on_a_second_valid_set(quick, tmp_path):
         assert rows[name]["valid_sha256"] == hashlib.sha256(
             (again / "devel.jsonl").read_bytes()).hexdigest()
     assert set(rows["fp"]["vs"]) == set() and set(rows["fp_klatt"]["vs"]) == {"quads_klatt"}
+    sentences = rows["fp_klatt"]["valid_sentence"]
+    assert len(sentences) == rows["fp_klatt"]["n_valid"] and len(set(sentences)) == len(lines)
+    assert all(sentences.count(one) == 2 for one in sentences)
+    fp_bits, quads_bits = ({i: int(c) for i, c in enumerate(rows[name]["valid_correct"])}
+                           for name in ("fp_klatt", "quads_klatt"))
+    assert rows["fp_klatt"]["vs_by_sentence"] == {"quads_klatt": pytest.approx(
+        compare_by_cluster(fp_bits, quads_bits, dict(enumerate(sentences))))}
+    assert rows["fp"]["vs_by_sentence"] == {}
     assert rows["fp_klatt"]["test_correct"] == rows["fp"]["test_correct"]
 
     bad = tmp_path / "bad"

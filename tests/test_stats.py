@@ -3,6 +3,7 @@
 import math
 from fractions import Fraction
 
+import numpy as np
 import pytest
 
 from speechbrain_quads.evaluation.stats import clopper_pearson, compare, mcnemar_exact
@@ -88,3 +89,51 @@ def test_compare_refuses_unpaired_or_non_binary_maps():
         compare({"x": 1}, {"x": 2})
     with pytest.raises(ValueError, match="no recordings"):
         compare({}, {})
+
+
+def test_sign_flip_test_counts_every_sign_pattern():
+    """Against brute force over all 2^m sign patterns, and hand-counted cases."""
+    import itertools
+
+    from speechbrain_quads.evaluation.stats import sign_flip_exact
+
+    assert sign_flip_exact([2, 1]) == 0.5       # sums 3, 1, -1, -3
+    assert sign_flip_exact([4, 4, 4]) == 0.25   # only all + or all - reach |12|
+    assert sign_flip_exact([2, -1]) == 1.0      # |1| is the smallest possible sum
+    assert sign_flip_exact([0, 0]) == 1.0 and sign_flip_exact([]) == 1.0
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        d = [int(x) for x in rng.integers(-4, 5, size=int(rng.integers(1, 11)))]
+        sizes = [abs(x) for x in d if x]
+        observed = abs(sum(d))
+        sums = [abs(sum(s * z for s, z in zip(signs, sizes, strict=True)))
+                for signs in itertools.product((1, -1), repeat=len(sizes))]
+        expected = sum(v >= observed for v in sums) / len(sums) if sizes else 1.0
+        assert sign_flip_exact(d) == pytest.approx(expected, abs=1e-15)
+
+
+@pytest.mark.parametrize(("a_only", "b_only"), [(0, 0), (1, 5), (5, 1), (7, 7), (12, 30),
+                                                (0, 9), (98, 59)])
+def test_sign_flip_test_with_one_recording_per_cluster_is_mcnemar(a_only, b_only):
+    from speechbrain_quads.evaluation.stats import sign_flip_exact
+
+    differences = [1] * a_only + [-1] * b_only + [0] * 5
+    assert sign_flip_exact(differences) == pytest.approx(mcnemar_exact(a_only, b_only),
+                                                         rel=1e-12)
+
+
+def test_comparison_by_cluster_counts_a_sentence_once():
+    """Four voices of one sentence that A gets right and B wrong are one piece of evidence,
+    not four: McNemar says p = 0.125, the clustered test p = 1."""
+    from speechbrain_quads.evaluation.stats import compare, compare_by_cluster
+
+    a = {f"s1-v{v}": 1 for v in range(4)} | {f"s2-v{v}": 1 for v in range(4)}
+    b = {f"s1-v{v}": 0 for v in range(4)} | {f"s2-v{v}": 1 for v in range(4)}
+    sentence = {key: key.split("-")[0] for key in a}
+    assert compare(a, b).p_value == 0.125
+    assert compare_by_cluster(a, b, sentence) == 1.0
+    assert compare_by_cluster(a, b, {key: key for key in a}) == 0.125
+    with pytest.raises(ValueError, match=r"1 recording\(s\) have no cluster, e\.g\. \['s2-v3'\]"):
+        compare_by_cluster(a, b, {k: v for k, v in sentence.items() if k != "s2-v3"})
+    with pytest.raises(ValueError, match="different recordings"):
+        compare_by_cluster(a, {"s1-v0": 1}, sentence)
