@@ -36,7 +36,8 @@ verified by ``run.py``, count as the table's, see ``--results``), ``valid_accura
 ``valid_ci95``, ``n_valid``, ``valid_set`` / ``valid_sha256`` (the ``--valid-dir`` folder and
 the SHA-256 of its ``devel.jsonl``; None for the corpus' own valid split),
 ``train_seconds``, ``valid_correct`` / ``test_correct`` (0/1 strings in sorted recording order),
-``valid_sentence`` (the ``slurp_id`` of each valid recording, in the same order), ``vs``
+``valid_sentence`` (the ``slurp_id`` of each valid recording, in the same order, separated by
+spaces), ``vs``
 ({other name: exact McNemar p on valid}) for every other row of the same corpus generation and
 valid set, and ``vs_by_sentence`` (the exact sign-flip test over sentences,
 ``stats.compare_by_cluster``: the recordings of one sentence count as one piece of evidence;
@@ -205,7 +206,7 @@ def screen(args: argparse.Namespace) -> dict:
            **({"corpus_files_sha256": files_sha256} if files_sha256 != generation else {}),
            "valid_accuracy": valid["accuracy"], "valid_ci95": list(clopper_pearson(right, n)),
            "valid_macro_f1": valid["macro_f1"], "n_valid": n,
-           "valid_sentence": [sentence[name] for name in sorted(valid["correct"])],
+           "valid_sentence": " ".join(str(sentence[name]) for name in sorted(valid["correct"])),
            "valid_set": str(args.valid_dir.resolve()) if args.valid_dir else None,
            "valid_sha256": valid_sha256, "train_seconds": seconds,
            "valid_correct": _bits(valid["correct"]), "test_correct": _bits(test["correct"])}
@@ -218,7 +219,7 @@ def screen(args: argparse.Namespace) -> dict:
                          and other.get("valid_sha256") == one.get("valid_sha256")}
             one["vs_by_sentence"] = {
                 other["name"]: compare_by_cluster(_map(one), _map(other),
-                                                  dict(enumerate(one["valid_sentence"])))
+                                                  dict(enumerate(one["valid_sentence"].split())))
                 for other in rows if other is not one and other["name"] in one["vs"]
                 and "valid_sentence" in one
                 and other.get("valid_sentence") == one["valid_sentence"]}

@@ -525,7 +525,7 @@ def test_screen_scores_on_a_second_valid_set(quick, tmp_path):
         assert rows[name]["valid_sha256"] == hashlib.sha256(
             (again / "devel.jsonl").read_bytes()).hexdigest()
     assert set(rows["fp"]["vs"]) == set() and set(rows["fp_klatt"]["vs"]) == {"quads_klatt"}
-    sentences = rows["fp_klatt"]["valid_sentence"]
+    sentences = rows["fp_klatt"]["valid_sentence"].split()
     assert len(sentences) == rows["fp_klatt"]["n_valid"] and len(set(sentences)) == len(lines)
     assert all(sentences.count(one) == 2 for one in sentences)
     fp_bits, quads_bits = ({i: int(c) for i, c in enumerate(rows[name]["valid_correct"])}
