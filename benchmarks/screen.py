@@ -257,7 +257,7 @@ def load(path: Path) -> list[dict]:
 
 def markdown(rows: list[dict], baselines: tuple[str, ...] = BASELINES) -> str:
     """The screened variants as a markdown table: valid accuracy, CI and the McNemar p against
-    the baselines that exist."""
+    the baselines that exist, then the by-sentence p where rows have one."""
     shown = [b for b in baselines if any(r["name"] == b for r in rows)]
     clustered = [b for b in shown if any(b in r.get("vs_by_sentence", {}) for r in rows)]
     lines = ["| variant | hparams | train.py flags | valid (%) | 95% CI (%) | "

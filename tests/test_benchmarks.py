@@ -608,7 +608,8 @@ def test_readme_screening_table_command_runs_as_written():
     result = _run("benchmarks/screen.py", "--table", "--output",
                   "benchmarks/screening_klatt.json", "--baselines", "fp_s1,quads4_s1", timeout=120)
     lines = result.stdout.splitlines()
-    assert lines[0].endswith("| p vs fp_s1 | p vs quads4_s1 |") and len(lines) >= 4
+    assert lines[0].endswith("| p vs fp_s1 | p vs quads4_s1 | p by sentence vs fp_s1 | "
+                             "p by sentence vs quads4_s1 |") and len(lines) >= 4
 
 
 def test_layer_sensitivity_scores_each_group_on_valid_and_merges_rows(quick, tmp_path):
