@@ -213,15 +213,15 @@ def screen(args: argparse.Namespace) -> dict:
     with report.locked(args.output):
         rows = [r for r in load(args.output) if r["name"] != args.name] + [row]
         for one in rows:
+            clusters = dict(enumerate(one["valid_sentence"].split())) if "valid_sentence" in one \
+                else None
             one["vs"] = {other["name"]: compare(_map(one), _map(other)).p_value
                          for other in rows if other is not one
                          and other["corpus_sha256"] == one["corpus_sha256"]
                          and other.get("valid_sha256") == one.get("valid_sha256")}
             one["vs_by_sentence"] = {
-                other["name"]: compare_by_cluster(_map(one), _map(other),
-                                                  dict(enumerate(one["valid_sentence"].split())))
-                for other in rows if other is not one and other["name"] in one["vs"]
-                and "valid_sentence" in one
+                other["name"]: compare_by_cluster(_map(one), _map(other), clusters)
+                for other in rows if clusters is not None and other["name"] in one["vs"]
                 and other.get("valid_sentence") == one["valid_sentence"]}
         report.write_atomic(args.output, json.dumps(rows, indent=1) + "\n")
     print(f"[screen] {args.name}: valid {100 * row['valid_accuracy']:.2f} % "

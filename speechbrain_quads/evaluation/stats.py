@@ -120,11 +120,8 @@ class Comparison:
         return {**asdict(self), "ci95_a": list(self.ci95_a), "ci95_b": list(self.ci95_b)}
 
 
-def compare(a: Mapping[str, int], b: Mapping[str, int]) -> Comparison:
-    """Paired comparison of two ``{recording id: correct (0 or 1)}`` maps over the same ids.
-
-    Raises ValueError when the ids differ (the pairs would not line up), naming a few.
-    """
+def _check_paired(a: Mapping[str, int], b: Mapping[str, int]) -> None:
+    """Raise ValueError unless ``a`` and ``b`` score the same recordings with 0 or 1."""
     if a.keys() != b.keys():
         only_a, only_b = sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
         raise ValueError(f"the two classifiers were scored on different recordings: "
@@ -135,6 +132,14 @@ def compare(a: Mapping[str, int], b: Mapping[str, int]) -> Comparison:
     bad = [key for key, value in {**a, **b}.items() if value not in (0, 1)]
     if bad:
         raise ValueError(f"correctness must be 0 or 1; e.g. {bad[0]!r}")
+
+
+def compare(a: Mapping[str, int], b: Mapping[str, int]) -> Comparison:
+    """Paired comparison of two ``{recording id: correct (0 or 1)}`` maps over the same ids.
+
+    Raises ValueError when the ids differ (the pairs would not line up), naming a few.
+    """
+    _check_paired(a, b)
     n, right_a, right_b = len(a), sum(a.values()), sum(b.values())
     a_only = sum(1 for key in a if a[key] and not b[key])
     b_only = sum(1 for key in a if b[key] and not a[key])
@@ -183,7 +188,7 @@ def compare_by_cluster(a: Mapping[str, int], b: Mapping[str, int],
 
     Raises ValueError when the ids differ or a recording has no cluster.
     """
-    compare(a, b)  # the same checks: same ids, 0/1 values
+    _check_paired(a, b)
     missing = sorted(a.keys() - cluster.keys())
     if missing:
         raise ValueError(f"{len(missing)} recording(s) have no cluster, e.g. {missing[:3]}")
