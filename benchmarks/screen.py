@@ -30,9 +30,10 @@ against the defaults before and after quantization-aware distillation, and 2- an
 ``--table`` prints every row with exact McNemar p-values against ``--baselines``.
 
 Rows go to ``--output`` (default ``benchmarks/screening.json``, merged under a lock, written as
-each run finishes, so screens can run side by side and across sittings): ``name``, ``hparams``,
-``overrides``, ``seed``, ``corpus_sha256`` (the generation: another CPU's equivalent files,
-verified by ``run.py``, count as the table's, see ``--results``), ``valid_accuracy``,
+each run finishes, so screens can run side by side and across sittings): ``name``, ``hparams``
+(None for a ``--from-run`` row: the table names its run folder), ``overrides``, ``seed``,
+``corpus_sha256`` (the generation: another CPU's equivalent files, verified by ``run.py``, count
+as the table's, see ``--results``), ``valid_accuracy``,
 ``valid_ci95``, ``n_valid``, ``valid_set`` / ``valid_sha256`` (the ``--valid-dir`` folder and
 the SHA-256 of its ``devel.jsonl``; None for the corpus' own valid split),
 ``train_seconds``, ``valid_correct`` / ``test_correct`` (0/1 strings in sorted recording order),
@@ -143,8 +144,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", default=None, help="the variant's name (its row key)")
     parser.add_argument("--study", choices=sorted(STUDIES), default=None,
                         help="screen every variant of this preset not yet screened")
-    parser.add_argument("--hparams", default="slurp_4bit.yaml",
-                        help="recipe hparams file in recipes/SLURP/quads/hparams/")
+    parser.add_argument("--hparams", default=None,
+                        help="recipe hparams file in recipes/SLURP/quads/hparams/ to train "
+                             "(default slurp_4bit.yaml); not with --from-run")
     parser.add_argument("--from-run", type=Path, default=None,
                         help="score this finished train.py run folder instead of training")
     parser.add_argument("--valid-dir", type=Path, default=None,
@@ -166,6 +168,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--corpus-dir is required")
     if (args.name is None) == (args.study is None):
         parser.error("give --name (one variant) or --study (a preset), not both")
+    if args.from_run is not None and (args.hparams is not None or overrides):
+        parser.error("--from-run scores a run trained already: it takes no --hparams or "
+                     "train.py overrides")
+    if args.from_run is None and args.study is None:
+        args.hparams = args.hparams or "slurp_4bit.yaml"
     args.overrides = overrides
     return args
 
@@ -266,11 +273,13 @@ def markdown(rows: list[dict], baselines: tuple[str, ...] = BASELINES) -> str:
              "|---|---|---|---|---|" + "---|" * (len(shown) + len(clustered))]
     for row in rows:
         flags = " ".join(row["overrides"]) or ("(finished run)" if row["from_run"] else "(none)")
+        recipe = row["hparams"] if row["from_run"] is None else (
+            "run " + "/".join(Path(row["from_run"]).parts[-2:]))
         low, high = row["valid_ci95"]
         cells = [f"{row['vs'][b]:.2g}" if b in row["vs"] else "-" for b in shown]
         by_sentence = row.get("vs_by_sentence", {})
         cells += [f"{by_sentence[b]:.2g}" if b in by_sentence else "-" for b in clustered]
-        lines.append(f"| {row['name']} | {row['hparams']} | `{flags}` | "
+        lines.append(f"| {row['name']} | {recipe} | `{flags}` | "
                      f"{100 * row['valid_accuracy']:.2f} | {100 * low:.1f}-{100 * high:.1f} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -495,7 +495,10 @@ def test_screen_scores_runs_on_valid_and_pairs_them(quick, tmp_path):
     assert fp["vs"] == {"quads": p_value} and quads["vs"] == {"fp": p_value}
     table = _run("benchmarks/screen.py", "--table", "--output", str(output),
                  timeout=120).stdout.splitlines()
-    assert len(table) == 4 and table[2].startswith("| fp | slurp_4bit.yaml | `(finished run)` |")
+    fp_run = next((work / "runs" / "seed1").glob("fp_student-*"))
+    assert fp["hparams"] is None and fp["from_run"] == str(fp_run)
+    assert len(table) == 4 and table[2].startswith(
+        f"| fp | run seed1/{fp_run.name} | `(finished run)` |")
     assert f"| {100 * fp['valid_accuracy']:.2f} |" in table[2]
 
 
