@@ -375,36 +375,47 @@ def _gap_over_seeds(gaps: list[float]) -> str:
     return f"{100 * mean:+.2f} [{100 * (mean - half):+.2f}, {100 * (mean + half):+.2f}]"
 
 
+def _gap_cell(by_seed: dict[int, float], reference: dict[int, float]) -> str:
+    """``by_seed``'s mean difference from ``reference`` on the seeds both have, with its
+    interval and those seeds; "-" when they share none."""
+    shared = sorted(set(by_seed) & set(reference))
+    if not shared:
+        return "-"
+    return (f"{_gap_over_seeds([by_seed[s] - reference[s] for s in shared])} "
+            f"({', '.join(map(str, shared))})")
+
+
 def seed_table(rows: list[dict]) -> str | None:
     """Markdown table of every method and width measured with two or more seeds: the mean and
     standard deviation of the test accuracy over seeds, and the mean difference from the fp
-    student on the seeds both have, with its 95% t-interval over those seeds (a paired test on
-    one seed sees the test recordings' noise, not the training seed's: this table shows the
-    latter). None when no method has two seeds."""
+    student, and from QUADS (MCT) at the same width, on the seeds both have, with its 95%
+    t-interval over those seeds (a paired test on one seed sees the test recordings' noise,
+    not the training seed's: this table shows the latter). None when no method has two seeds."""
     measured = [r for r in rows if r.get("accuracy") is not None and not r.get("skipped")]
-    fp = {r["seed"]: r["accuracy"] for r in measured if r["method"] == "fp_student"}
     groups: dict[tuple[str, int], dict[int, float]] = {}
     for row in sorted(measured, key=_order):
         groups.setdefault((row["method"], row["bits"]), {})[row["seed"]] = row["accuracy"]
+    fp = next((by_seed for (method, _), by_seed in groups.items() if method == "fp_student"), {})
     lines = []
     for (method, bits), by_seed in groups.items():
         if len(by_seed) < 2:
             continue
         accs = list(by_seed.values())
-        shared = sorted(set(by_seed) & set(fp))
-        gap = (f"{_gap_over_seeds([by_seed[s] - fp[s] for s in shared])} "
-               f"({', '.join(map(str, shared))})" if shared and method != "fp_student" else "-")
+        vs_fp = _gap_cell(by_seed, fp) if method != "fp_student" else "-"
+        vs_quads = (_gap_cell(by_seed, groups.get(("quads_mct", bits), {}))
+                    if method not in ("fp_student", "quads_mct") else "-")
         lines.append(f"| {LABELS.get(method, method)} | {bits} | "
                      f"{', '.join(map(str, sorted(by_seed)))} | "
                      f"{', '.join(_pct(by_seed[s]) for s in sorted(by_seed))} | "
                      f"{100 * statistics.fmean(accs):.2f} | {100 * statistics.stdev(accs):.2f} | "
-                     f"{gap} |")
+                     f"{vs_fp} | {vs_quads} |")
     if not lines:
         return None
     return "\n".join(["| method | bits | seeds | accuracy per seed (%) | mean (%) | "
                       "std over seeds (points) | mean difference from fp on the same seeds "
-                      "[95% t-interval over them] (points; seeds) |",
-                      "|---|---|---|---|---|---|---|", *lines])
+                      "[95% t-interval over them] (points; seeds) | the same from QUADS (MCT) "
+                      "at these bits |",
+                      "|---|---|---|---|---|---|---|---|", *lines])
 
 
 def markdown(results: dict) -> str:

@@ -230,17 +230,21 @@ def test_seed_table_gives_mean_spread_and_the_gap_to_fp_on_shared_seeds():
 
     rows = [row("fp_student", 32, 1, 0.30), row("fp_student", 32, 2, 0.34),
             row("quads_mct", 4, 1, 0.27), row("quads_mct", 4, 2, 0.29),
-            row("quads_mct", 4, 3, 0.31), row("quads_mct", 8, 1, 0.33)]
+            row("quads_mct", 4, 3, 0.31), row("quads_mct", 8, 1, 0.33),
+            row("quads_mct_sensitive", 4, 2, 0.30), row("quads_mct_sensitive", 4, 3, 0.30)]
     lines = report.seed_table(rows).splitlines()
-    assert len(lines) == 4  # header, rule, fp, 4-bit QUADS (8 bits has one seed)
+    assert len(lines) == 5  # header, rule, fp, 4-bit QUADS, weighted (8 bits has one seed)
     assert lines[2].startswith("| Student, full precision (distilled) | 32 | 1, 2 | 30.00, 34.00 |")
-    assert lines[2].endswith("| 32.00 | 2.83 | - |")
+    assert lines[2].endswith("| 32.00 | 2.83 | - | - |")
     # mean 29.00, std 2.00; gap on seeds 1 and 2: (-3 + -5) / 2 = -4, standard error
     # std(-3, -5) / sqrt(2) = 1 point, t(0.975, 1 degree of freedom) = 12.706
     assert lines[3] == ("| QUADS (MCT) | 4 | 1, 2, 3 | 27.00, 29.00, 31.00 | 29.00 | 2.00 | "
-                        "-4.00 [-16.71, +8.71] (1, 2) |")
+                        "-4.00 [-16.71, +8.71] (1, 2) | - |")
+    # against fp on seed 2 only: -4; against 4-bit QUADS on seeds 2, 3: (+1 - 1) / 2 = 0,
+    # standard error std(1, -1) / sqrt(2) = 1 point
+    assert lines[4].endswith("| 30.00 | 0.00 | -4.00 (2) | +0.00 [-12.71, +12.71] (2, 3) |")
     one_shared = report.seed_table(rows[:1] + rows[2:4])
-    assert one_shared.splitlines()[2].endswith("| -3.00 (1) |")
+    assert one_shared.splitlines()[2].endswith("| -3.00 (1) | - |")
     assert report.seed_table(rows[:1] + rows[-1:]) is None
 
 
