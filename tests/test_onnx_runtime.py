@@ -105,10 +105,18 @@ def test_foreign_truncated_and_non_onnx_models_are_refused(model_4bit, tmp_path)
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), foreign)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9  # what the export writes; onnx's own default can outrun onnxruntime's
+    onnx.save_model(model, foreign)
     with pytest.raises(OnnxModelError, match=rf"{foreign}: an ONNX model without "
                                              r"'speechbrain-quads-onnx' metadata"):
         OnnxIntentClassifier(foreign)
+    future = tmp_path / "future.onnx"
+    model.ir_version = 99
+    onnx.save_model(model, future)
+    with pytest.raises(OnnxModelError, match=rf"{future}: not a loadable ONNX model: .* too new "
+                                             r"for this onnxruntime \(onnxruntime: .*IR version"):
+        OnnxIntentClassifier(future)
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(onnx_path.read_bytes()[: onnx_path.stat().st_size // 2])
     with pytest.raises(OnnxModelError, match=rf"{truncated}: not a loadable ONNX model: truncated"):

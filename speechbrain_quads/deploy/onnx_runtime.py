@@ -59,9 +59,11 @@ def _session(model: str | bytes, options: ort.SessionOptions, path: Path) -> ort
     try:
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own Fail/InvalidProtobuf/... classes
-        first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-        raise OnnxModelError(f"{path}: not a loadable ONNX model: truncated, corrupt or not ONNX "
-                             f"(onnxruntime: {first})") from None
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if len(first) > 300:  # its reason comes last, after a C++ source location
+            first = "..." + first[-300:]
+        raise OnnxModelError(f"{path}: not a loadable ONNX model: truncated, corrupt, not ONNX or "
+                             f"too new for this onnxruntime (onnxruntime: {first})") from None
 
 
 def int8_model(path: str | Path, threads: int | None = None) -> bytes:
