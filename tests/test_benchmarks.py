@@ -506,6 +506,20 @@ def test_screen_scores_runs_on_valid_and_pairs_them(quick, tmp_path):
     assert f"| {100 * fp['valid_accuracy']:.2f} |" in table[2]
 
 
+def test_screen_trains_slurp_4bit_by_default_and_a_finished_run_takes_no_recipe(capsys):
+    """``--hparams`` names what ``screen.py`` trains; a ``--from-run`` row was trained already,
+    so giving it a recipe file or train.py overrides is refused rather than recorded."""
+    import screen  # benchmarks/screen.py
+
+    assert screen.parse_args(["--corpus-dir", "c", "--name", "n"]).hparams == "slurp_4bit.yaml"
+    assert screen.parse_args(["--corpus-dir", "c", "--name", "n", "--from-run", "r"]).hparams \
+        is None
+    for extra in (["--hparams", "slurp_32bit.yaml"], ["--", "--alpha=0.9"]):
+        with pytest.raises(SystemExit):
+            screen.parse_args(["--corpus-dir", "c", "--name", "n", "--from-run", "r", *extra])
+        assert "--from-run scores a run trained already" in capsys.readouterr().err
+
+
 def test_screen_scores_on_a_second_valid_set(quick, tmp_path):
     """``screen.py --valid-dir``: the valid lines spoken again (``generate.py slurp-text-valid``)
     are scored instead of the corpus' own; rows pair only with rows of the same valid set, by
