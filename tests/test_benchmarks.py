@@ -246,6 +246,12 @@ def test_seed_table_gives_mean_spread_and_the_gap_to_fp_on_shared_seeds():
     one_shared = report.seed_table(rows[:1] + rows[2:4])
     assert one_shared.splitlines()[2].endswith("| -3.00 (1) | - |")
     assert report.seed_table(rows[:1] + rows[-1:]) is None
+    # a mixed-width student in the 3-bit budget has no uniform 3-bit QUADS beside it: it is
+    # set against the next wider width, 4 bits, on seeds 1 and 2: (-1 + -1) / 2 = -1, std 0
+    mixed = rows + [row("quads_mct_mixed", 3, 1, 0.26), row("quads_mct_mixed", 3, 2, 0.28)]
+    (mixed_line,) = [line for line in report.seed_table(mixed).splitlines()
+                     if line.startswith(f"| {report.LABELS['quads_mct_mixed']} | 3 |")]
+    assert mixed_line.endswith("| -1.00 [-1.00, -1.00] (1, 2), against 4 bits |")
 
 
 def test_post_training_rows_of_two_fp_trainings_are_marked_as_pipelines(tmp_path):
