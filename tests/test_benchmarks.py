@@ -3,6 +3,7 @@
 import functools
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -578,7 +579,6 @@ def test_screen_scores_on_a_second_valid_set(quick, tmp_path):
 def test_rows_and_runs_follow_their_recipe_file(quick, tmp_path):
     """A run's folder is named by its recipe file's digest, and a row measured under another
     version of its recipe file is measured again (runs of other defaults are never re-used)."""
-    import shutil
 
     import plan  # benchmarks/plan.py
 
@@ -611,7 +611,6 @@ def test_rows_and_runs_follow_their_recipe_file(quick, tmp_path):
 
 def test_work_folder_of_another_corpus_is_refused(quick, tmp_path):
     """Runs of another corpus or schedule are not re-used."""
-    import shutil
 
     _, work, _ = quick
     copy = tmp_path / "work"
@@ -623,6 +622,25 @@ def test_work_folder_of_another_corpus_is_refused(quick, tmp_path):
                              "--output", str(tmp_path / "refused")],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "use another --work" in result.stderr
+
+
+def test_readme_report_command_rewrites_the_committed_tables_unchanged(tmp_path):
+    """README's ``python benchmarks/report.py``, run as written from the root of a copy of the
+    benchmark folder: it recomputes every paired test from the committed per-recording files
+    and writes the committed ``results.md`` and ``results.json`` again, byte for byte (so
+    they are what the rows say), and draws the plot."""
+    copy = tmp_path / "benchmarks"
+    copy.mkdir()
+    for name in ("report.py", "results.json", "results.md"):
+        shutil.copy2(REPO / "benchmarks" / name, copy / name)
+    shutil.copytree(REPO / "benchmarks" / "predictions", copy / "predictions")
+    (copy / "results.md").write_text("stale\n")
+    result = subprocess.run([sys.executable, "benchmarks/report.py"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("results.md", "results.json"):
+        assert (copy / name).read_text() == (REPO / "benchmarks" / name).read_text(), name
+    assert (copy / "accuracy_vs_size.png").stat().st_size > 10_000
 
 
 def test_readme_screening_table_command_runs_as_written():
