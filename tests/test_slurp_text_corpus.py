@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from readme_commands import documented_commands
 from recipe_files import load_recipe_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -289,3 +290,29 @@ def test_klatt_valid_refuses_what_it_cannot_do(corpus, tmp_path):
     with pytest.raises(ValueError, match=r"mini_corpus\.json: the corpus already uses "
                                          r"\['espeak-en-us-nyc-klatt6'\]"):
         slurp_text.plan_klatt_valid(tmp_path)
+
+
+def test_readme_slurp_text_commands_run_as_written(source, tmp_path):
+    """The ``generate.py slurp-text`` command of README.md and of the mini-corpus README (the
+    same flags), run from the repository root as written, with this test's SLURP lines for
+    ``/path/to/...devel.jsonl`` and a temporary output folder: a corpus the recipe reads, with
+    every intent kept in every split and one recording per test line."""
+    commands = {tuple(words) for readme in (REPO / "README.md",
+                                            REPO / "recipes" / "mini_corpus" / "README.md")
+                for words in documented_commands(readme, "python recipes/mini_corpus/generate.py")
+                if words[2] == "slurp-text" and "--help" not in words}
+    flags = {command[:5] + command[6:] for command in commands}  # all but the output folder
+    assert len(commands) == 2 and len(flags) == 1
+    (command,) = flags
+    assert command[4] == "/path/to/slurp/dataset/slurp/devel.jsonl"
+    out = tmp_path / "slurp_text"
+    words = [sys.executable, *command[1:4], str(source), str(out), *command[5:]]
+    result = subprocess.run(words, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    test_lines = _read_jsonl(out / "test.jsonl")
+    assert test_lines and all(len(line["recordings"]) == 1 for line in test_lines)
+    kept = {f"{s}_{a}" for s, a in INTENTS} - set(EXPECTED_DROPPED)
+    for split in ("train", "devel", "test"):
+        assert {line["intent"] for line in _read_jsonl(out / f"{split}.jsonl")} == kept, split
+    rows = slurp_prepare.read_split(out, "test", "direct")
+    assert len(rows) == len(test_lines)
