@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from hyperpyyaml import load_hyperpyyaml
+from readme_commands import documented_commands
 from recipe_files import load_recipe_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,12 +50,17 @@ def sample_corpus(dataset: str) -> Path:
     return folder
 
 
-def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def attempt(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """Run ``command`` in ``cwd`` with this interpreter first on PATH (as ``python``)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT,
-                            env=env)
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT,
+                          env=env)
+
+
+def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """:func:`attempt`, which must succeed without a traceback."""
+    result = attempt(command, cwd)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr[-6000:]}"
     assert "Traceback" not in result.stderr
     return result
@@ -128,15 +134,29 @@ def test_recipe_runs_as_documented(row, tmp_path):
     assert rerun in (REPO / row["Readme_file"]).read_text(), "the re-run is documented"
     run(["bash", "-ec", rerun], cwd=recipe)
     assert json.loads((output / "test_metrics.json").read_text()) == metrics
+    # An ablation of the same file without a folder of its own would find this finished run
+    # there and report it as the ablation: it is refused, and the folder is left as it was.
+    kept = {name: (output / name).read_bytes() for name in ("hyperparams.yaml",
+                                                            "test_metrics.json", "train_log.txt")}
+    ablation = attempt(["python", "train.py", relative, f"--data_folder={data}", "--init=random"],
+                       cwd=recipe)
+    assert ablation.returncode != 0
+    assert (f"{output.relative_to(recipe)}/save/experiment_settings.json: this output folder "
+            "holds a run with other settings (init: 'pretrained' there, 'random' now)"
+            in ablation.stderr), ablation.stderr[-3000:]
+    assert {name: (output / name).read_bytes() for name in kept} == kept
 
 
 def test_every_documented_recipe_command_has_a_recipe_test():
-    """Each `python train.py hparams/X.yaml` in a recipe README is a row of tests/recipes."""
+    """Each ``python train.py`` command of a recipe README is ``python train.py hparams/X.yaml
+    --data_folder=...`` with X a row of tests/recipes (a command with any other flag would not
+    be the one the rows run)."""
     tested = {(REPO / r["Readme_file"], Path(r["Hparam_file"]).name) for r in ROWS}
     documented = set()
     for readme in REPO.glob("recipes/*/quads/README.md"):
-        for name in re.findall(r"python train\.py hparams/(\w+\.yaml)", readme.read_text()):
-            documented.add((readme, name))
+        for words in documented_commands(readme, "python train.py"):
+            assert len(words) == 4 and words[3].startswith("--data_folder="), (readme, words)
+            documented.add((readme, Path(words[2]).name))
     assert documented and documented <= tested
     shipped = {(p.parent.parent / "README.md", p.name)
                for p in REPO.glob("recipes/*/quads/hparams/*.yaml")}

@@ -39,6 +39,7 @@ from speechbrain.utils.logger import get_logger  # noqa: E402
 from speechbrain_quads.data.pipeline import load_or_fit_encoder, sort_train_set  # noqa: E402
 from speechbrain_quads.deploy.report import copy_beside_the_script, write_test_outputs  # noqa: E402
 from speechbrain_quads.evaluation.metrics import accuracy  # noqa: E402
+from speechbrain_quads.training.experiment import check_same_experiment, record_experiment  # noqa: E402
 
 logger = get_logger(__name__)
 
@@ -121,8 +122,11 @@ if __name__ == "__main__":
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
+    # a folder holding a run of other settings is refused before its hyperparams.yaml is rewritten
+    check_same_experiment(hparams, hparams["save_folder"])
     sb.create_experiment_directory(experiment_directory=hparams["output_folder"],
                                    hyperparams_to_save=hparams_file, overrides=overrides)
+    run_on_main(record_experiment, args=[hparams, hparams["save_folder"]])
     run_on_main(copy_beside_the_script,  # prepare.py too, so the output folder re-runs alone
                 args=[Path(__file__).with_name("prepare.py"), hparams["output_folder"]])
 
