@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from readme_commands import documented_commands
 from transformers import WhisperModel
 
 from speechbrain_quads.models import pretrained
@@ -161,3 +162,17 @@ def test_missing_package_names_it(monkeypatch):
 def test_unknown_model_name():
     with pytest.raises(ValueError, match="small"):
         pretrained.convert("small")
+
+
+def test_readme_command_runs_as_written():
+    """README's ``python -m speechbrain_quads.models.pretrained tiny.en base`` (the per-user
+    cache, as a user has it): one ``NAME<TAB>DIRECTORY`` line per model, each a directory
+    that loads."""
+    (words,) = documented_commands(REPO / "README.md",
+                                   "python -m speechbrain_quads.models.pretrained")
+    result = subprocess.run([sys.executable, *words[1:]], capture_output=True, text=True,
+                            check=True, timeout=600)
+    lines = [line.split("\t") for line in result.stdout.strip().splitlines()]
+    assert [name for name, _ in lines] == words[3:] == ["tiny.en", "base"]
+    for _, directory in lines:
+        assert _load(directory)[1]["missing_keys"] == set()
