@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import soundfile
 import torch
 import torchaudio
 from conftest import SENTENCES, pad_batch
+from readme_commands import documented_commands
 from speech import synthesize_clips
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.inference.classifiers import EncoderClassifier
@@ -207,6 +209,26 @@ def test_encoder_classifier_code_runs_unchanged_and_agrees_with_cli(loaded, wav_
     printed = [line.split("\t")[1] for line in cli_run[0].stdout.splitlines()]
     assert labels == printed
     assert len(set(labels)) > 1
+
+
+def test_readme_classify_command_runs_as_written(quantized, loaded, wav_files, tmp_path):
+    """README's ``python -m speechbrain_quads.deploy.classify results/slurp_4bit/1986/model
+    a.wav b.flac``, from a folder holding those three (this test's export and speech): a
+    ``file<TAB>intent<TAB>probability`` line per file, as the Python API classifies them."""
+    (words,) = documented_commands(REPO / "README.md",
+                                   "python -m speechbrain_quads.deploy.classify")
+    model_dir, wav, flac = (tmp_path / word for word in words[3:])
+    shutil.copytree(quantized[1], model_dir)
+    shutil.copy2(wav_files[0], wav)
+    audio, rate = soundfile.read(wav_files[1])
+    soundfile.write(flac, audio, rate, format="FLAC")
+    done = subprocess.run([sys.executable, *words[1:]], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line.split("\t") for line in done.stdout.splitlines()]
+    expected = loaded.classify_files([str(wav), str(flac)])
+    assert lines == [[word, text_lab[0], f"{score.exp().item():.4f}"]
+                     for word, (_, score, _, text_lab) in zip(words[4:], expected, strict=True)]
 
 
 def test_cli_bad_model_folder_exits_2(tmp_path, wav_files):
