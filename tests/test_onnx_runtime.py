@@ -2,6 +2,7 @@
 clear error naming the file for a foreign, truncated or non-ONNX model and for bad audio."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import soundfile
 from conftest import SENTENCES
 from onnx import TensorProto, helper
+from readme_commands import documented_commands
 from speech import synthesize_clips
 from test_onnx_export import LABELS, prototype_model, write_export
 
@@ -78,6 +80,33 @@ def test_example_classifies_without_torch_as_pytorch_does(model_4bit, wav_files)
         assert label == text_lab[0]
         assert abs(float(probability) - score.exp().item()) <= 1e-4
     assert [line[1] for line in lines] == LABELS  # prototype clip i is class i
+
+
+def test_readme_export_and_app_commands_run_as_written(model_4bit, wav_files, tmp_path):
+    """README's two deployment commands, from a folder holding what they name (this test's
+    4-bit export as ``results/slurp_4bit/1986/model``, speech as ``a.wav`` and ``b.wav``, the
+    example app under ``examples/``): the exporter's summary line, then one line per file with
+    the label the PyTorch model gives it."""
+    export, app = (documented_commands(REPO / "README.md", program)
+                   for program in ("python -m speechbrain_quads.deploy.onnx_export",
+                                   "python examples/classify_onnx.py"))
+    ((*_, model_dir, onnx_name),), ((_, script, onnx_again, *audio, _, threads),) = export, app
+    assert onnx_again == onnx_name and threads == "2"
+    shutil.copytree(model_4bit[0], tmp_path / model_dir)
+    (tmp_path / "examples").mkdir()
+    shutil.copy2(REPO / script, tmp_path / script)
+    for name, source in zip(audio, wav_files, strict=False):
+        shutil.copy2(source, tmp_path / name)
+    for words in (*export, *app):
+        result = subprocess.run([sys.executable, *words[1:]], cwd=tmp_path, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, (words, result.stderr[-3000:])
+        if words in export:
+            assert result.stdout.startswith(f"{onnx_name}\t4 bits\t")
+    lines = [line.split("\t") for line in result.stdout.splitlines()]
+    reference = QuadsIntentClassifier.from_hparams(str(model_4bit[0]), run_opts={"device": "cpu"})
+    assert [(name, label) for name, label, _ in lines] == [
+        (name, reference.classify_file(str(tmp_path / name))[3][0]) for name in audio]
 
 
 def test_example_int8_runs_without_torch(model_4bit, wav_files):
