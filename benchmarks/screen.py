@@ -166,6 +166,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         return args
     if args.corpus_dir is None:
         parser.error("--corpus-dir is required")
+    for flag, folder in (("--corpus-dir", args.corpus_dir), ("--valid-dir", args.valid_dir),
+                         ("--from-run", args.from_run)):
+        if folder is not None and not folder.is_dir():
+            parser.error(f"{flag} {folder}: no such folder")
     if (args.name is None) == (args.study is None):
         parser.error("give --name (one variant) or --study (a preset), not both")
     if args.from_run is not None and (args.hparams is not None or overrides):

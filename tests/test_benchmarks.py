@@ -513,18 +513,26 @@ def test_screen_scores_runs_on_valid_and_pairs_them(quick, tmp_path):
     assert f"| {100 * fp['valid_accuracy']:.2f} |" in table[2]
 
 
-def test_screen_trains_slurp_4bit_by_default_and_a_finished_run_takes_no_recipe(capsys):
+def test_screen_trains_slurp_4bit_by_default_and_a_finished_run_takes_no_recipe(capsys,
+                                                                                   tmp_path):
     """``--hparams`` names what ``screen.py`` trains; a ``--from-run`` row was trained already,
-    so giving it a recipe file or train.py overrides is refused rather than recorded."""
+    so giving it a recipe file or train.py overrides is refused rather than recorded; a folder
+    argument that is not a folder is named before anything trains."""
     import screen  # benchmarks/screen.py
 
-    assert screen.parse_args(["--corpus-dir", "c", "--name", "n"]).hparams == "slurp_4bit.yaml"
-    assert screen.parse_args(["--corpus-dir", "c", "--name", "n", "--from-run", "r"]).hparams \
-        is None
+    c, r = str(tmp_path), str(tmp_path)
+    assert screen.parse_args(["--corpus-dir", c, "--name", "n"]).hparams == "slurp_4bit.yaml"
+    assert screen.parse_args(["--corpus-dir", c, "--name", "n", "--from-run", r]).hparams is None
     for extra in (["--hparams", "slurp_32bit.yaml"], ["--", "--alpha=0.9"]):
         with pytest.raises(SystemExit):
-            screen.parse_args(["--corpus-dir", "c", "--name", "n", "--from-run", "r", *extra])
+            screen.parse_args(["--corpus-dir", c, "--name", "n", "--from-run", r, *extra])
         assert "--from-run scores a run trained already" in capsys.readouterr().err
+    for flag in ("--corpus-dir", "--valid-dir", "--from-run"):
+        arguments = {"--corpus-dir": c, flag: str(tmp_path / "missing")}
+        with pytest.raises(SystemExit):
+            screen.parse_args([*(w for pair in arguments.items() for w in pair), "--study",
+                               "codebook"])
+        assert f"{flag} {tmp_path / 'missing'}: no such folder" in capsys.readouterr().err
 
 
 def test_screen_scores_on_a_second_valid_set(quick, tmp_path):
