@@ -132,6 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.corpus == "slurp_text" and args.corpus_dir is None:
         parser.error("--corpus slurp_text needs --corpus-dir")
+    if args.corpus_dir is not None and not args.corpus_dir.is_dir():
+        parser.error(f"--corpus-dir {args.corpus_dir}: no such folder")
     args.size = "quick" if args.quick else "full"
     args.label = args.corpus + ("_quick" if args.quick else "")
     args.selected = parse_methods(args.methods, args.size)

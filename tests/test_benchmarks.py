@@ -366,6 +366,16 @@ def test_work_folder_of_another_configuration_is_refused(quick):
     assert result.returncode != 0 and "use another --work" in result.stderr
 
 
+def test_a_corpus_folder_that_is_not_there_is_named_before_anything_trains(capsys, tmp_path):
+    import run
+
+    with pytest.raises(SystemExit):
+        run.parse_args(["--corpus", "slurp_text", "--corpus-dir", str(tmp_path / "missing"),
+                        "--work", str(tmp_path / "work")])
+    assert f"--corpus-dir {tmp_path / 'missing'}: no such folder" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
+
+
 def test_rows_of_another_corpus_generation_are_refused(tmp_path):
     corpus = tmp_path / "corpus"
     (corpus / "slurp_real").mkdir(parents=True)
