@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hyperpyyaml import load_hyperpyyaml
 from readme_commands import documented_commands
 from recipe_files import load_recipe_file
@@ -75,7 +76,7 @@ def copy_recipe(script: Path, tmp_path: Path) -> Path:
     return target / script.parent.name
 
 
-def check_outputs(output: Path, row: dict, bits: int) -> dict:
+def check_outputs(output: Path, row: dict, bits: int, strategy: str = "mct") -> dict:
     """The documented outputs of a run, with real numbers in them."""
     listed = re.fullmatch(r"file_exists=\[(.*)\]", row["test_debug_checks"]).group(1).split(",")
     missing = [name for name in listed if not (output / name).is_file()]
@@ -95,34 +96,56 @@ def check_outputs(output: Path, row: dict, bits: int) -> dict:
     assert compute["student_gmacs_30s"] > 5 * compute["student_gmacs_real_length"]
     log = (output / "train_log.txt").read_text().splitlines()
     phases = [line.split("phase: ")[1].split("-")[0] for line in log if "phase: " in line]
-    assert phases == (["distill"] * 11 if bits == 32 else ["distill", "quant"] * 5 + ["quant"])
+    assert phases == (["distill"] * 11 if bits == 32 else ["distill"] * 5 + ["quant"] * 6
+                      if strategy == "sequential" else ["distill", "quant"] * 5 + ["quant"])
     assert "test ACC" in log[-1]
     return metrics
 
 
-@pytest.mark.parametrize("row", ROWS, ids=[Path(r["Hparam_file"]).stem for r in ROWS])
+def _flags(row: dict) -> tuple[str, list[str]]:
+    """A row's sample corpus and the documented flags it adds to ``--data_folder``."""
+    data, *extra = row["test_debug_flags"].split()
+    flag = re.fullmatch(r"--data_folder=(tests/samples/[\w-]+)", data)
+    assert flag, "a recipe test passes --data_folder first, then only documented flags"
+    return flag.group(1), extra
+
+
+def _row_id(row: dict) -> str:
+    return " ".join([Path(row["Hparam_file"]).stem, *_flags(row)[1]])
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[_row_id(r) for r in ROWS])
 def test_recipe_runs_as_documented(row, tmp_path):
     script, hparams = REPO / row["Script_file"], REPO / row["Hparam_file"]
     for key in ("Script_file", "Hparam_file", "Data_prep_file", "Readme_file"):
         assert (REPO / row[key]).is_file(), f"{key}: {row[key]}"
-    flag = re.fullmatch(r"--data_folder=(tests/samples/[\w-]+)", row["test_debug_flags"])
-    assert flag, "a recipe test passes --data_folder and nothing else"
-    data = sample_corpus(Path(flag.group(1)).name)
-    command = f"python train.py {hparams.relative_to(script.parent)} --data_folder="
-    assert command in (REPO / row["Readme_file"]).read_text(), "the command is documented"
-    recipe = copy_recipe(script, tmp_path)
+    sample, extra = _flags(row)
+    if any("cuda" in flag for flag in extra) and not torch.cuda.is_available():
+        pytest.skip("the documented GPU command needs a GPU")
+    data = sample_corpus(Path(sample).name)
     relative = str(hparams.relative_to(script.parent))
-    run(["python", "train.py", relative, f"--data_folder={data}"], cwd=recipe)
+    documented = [words[4:] for words in documented_commands(REPO / row["Readme_file"],
+                                                              "python train.py")
+                  if words[2] == relative and words[3].startswith("--data_folder=")]
+    assert extra in documented, "the command is documented, with exactly these flags"
+    recipe = copy_recipe(script, tmp_path)
+    run(["python", "train.py", relative, f"--data_folder={data}", *extra], cwd=recipe)
 
-    bits = int(re.search(r"_(\d+)bit", hparams.name).group(1))
-    output = recipe / "results" / hparams.stem / "1986"
-    metrics = check_outputs(output, row, bits)
+    options = dict(flag.lstrip("-").split("=", 1) for flag in extra)
+    bits = int(options.get("bits", re.search(r"_(\d+)bit", hparams.name).group(1)))
+    output = recipe / options.get("output_folder", f"results/{hparams.stem.split('_')[0]}_"
+                                                   f"{bits}bit/1986")
+    metrics = check_outputs(output, row, bits, options.get("strategy", "mct"))
     if "SLURP" in row["Script_file"]:  # the demo and the benchmarks read a run back this way
         train_py = load_recipe_file(f"{script.parent.parent.name}_train", script)
         truth, predicted = train_py.read_test_intents(output)
         right = sum(predicted[name] == intent for name, intent in truth.items())
         assert right / len(truth) == pytest.approx(metrics["intent_accuracy"])
-    if bits != 4:
+    saved = (output / "hyperparams.yaml").read_text()
+    for key, value in options.items():
+        if key not in ("device", "precision"):  # run options, not hparams
+            assert re.search(rf"^{key}: {re.escape(value)}\b", saved, re.M), key
+    if bits != 4 or extra:
         return
     # The output folder alone re-runs the experiment: its hyperparams.yaml loads with plain
     # HyperPyYAML and, with its train.py and prepare.py, resumes the finished run and re-tests it.
@@ -148,16 +171,16 @@ def test_recipe_runs_as_documented(row, tmp_path):
 
 
 def test_every_documented_recipe_command_has_a_recipe_test():
-    """Each ``python train.py`` command of a recipe README is ``python train.py hparams/X.yaml
-    --data_folder=...`` with X a row of tests/recipes (a command with any other flag would not
-    be the one the rows run)."""
-    tested = {(REPO / r["Readme_file"], Path(r["Hparam_file"]).name) for r in ROWS}
+    """Each ``python train.py hparams/X.yaml --data_folder=... [flags]`` command of a recipe
+    README is a row of tests/recipes with the same flags, and every shipped file has a row."""
+    tested = {(REPO / r["Readme_file"], Path(r["Hparam_file"]).name, tuple(_flags(r)[1]))
+              for r in ROWS}
     documented = set()
     for readme in REPO.glob("recipes/*/quads/README.md"):
         for words in documented_commands(readme, "python train.py"):
-            assert len(words) == 4 and words[3].startswith("--data_folder="), (readme, words)
-            documented.add((readme, Path(words[2]).name))
-    assert documented and documented <= tested
+            assert words[3].startswith("--data_folder="), (readme, words)
+            documented.add((readme, Path(words[2]).name, tuple(words[4:])))
+    assert documented and documented == tested
     shipped = {(p.parent.parent / "README.md", p.name)
                for p in REPO.glob("recipes/*/quads/hparams/*.yaml")}
-    assert shipped == tested
+    assert shipped == {(readme, name) for readme, name, _ in tested}
