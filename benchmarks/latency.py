@@ -60,6 +60,7 @@ from speechbrain_quads.deploy.onnx_runtime import OnnxIntentClassifier  # noqa: 
 from speechbrain_quads.models.heads import IntentClassifier  # noqa: E402
 from speechbrain_quads.models.pretrained import convert  # noqa: E402
 from speechbrain_quads.models.whisper import WhisperStudent, WhisperTeacher  # noqa: E402
+from speechbrain_quads.training.experiment import write_text_atomic  # noqa: E402
 
 MODES = {"variable": False, "pad_30s": True}
 """Input modes: name -> ``pad_to_30s``."""
@@ -247,13 +248,6 @@ def markdown(results: list[dict], ratio_rows: list[dict]) -> str:
                      f"{r['quads_30s_over_variable']:.2f} |")
     return "\n".join(lines)
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
 def report(output: dict, command: str) -> str:
     """The markdown file: the command, the setting, the latency and ratio tables, int8 vs float."""
     agreement = output["int8_vs_float"]
@@ -317,10 +311,10 @@ def main(argv: list[str] | None = None) -> dict:
     for key, value in {**facts, **agreement}.items():
         print(f"{key}: {value}")
     if args.json:
-        write_atomic(args.json, json.dumps(output, indent=1) + "\n")
+        write_text_atomic(args.json, json.dumps(output, indent=1) + "\n")
     if args.markdown:
         command = "python benchmarks/latency.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_atomic(args.markdown, report(output, command.strip()))
+        write_text_atomic(args.markdown, report(output, command.strip()))
     return output
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import scipy.stats
 
 from speechbrain_quads.evaluation.stats import clopper_pearson, compare
+from speechbrain_quads.training.experiment import write_text_atomic as write_atomic
 
 ROW_KEYS = ("method", "bits", "seed", "corpus", "n_test", "n_intents", "accuracy", "ci95",
             "macro_f1", "packed_mb", "gmacs", "train_seconds")
@@ -90,17 +91,6 @@ def row_key(row: dict) -> str:
 
 def _identity(row: dict) -> tuple:
     return row["corpus"], row["method"], row["bits"], row["seed"]
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from torch.utils.data import DataLoader
 from speechbrain_quads.codebook.allocation import CANDIDATE_BITS, allocation_for_target
 from speechbrain_quads.codebook.quantization import CodebookQuantizer
 from speechbrain_quads.codebook.sensitivity import squared_gradients
+from speechbrain_quads.training.experiment import write_text_atomic
 
 
 def brain_sensitivity(brain: sb.Brain, quantizer: CodebookQuantizer, dataset,
@@ -70,13 +69,6 @@ def load_or_allocate_widths(path: Path, quantizer: CodebookQuantizer, target_mb:
                              "use another output folder")
         return {name: int(bits) for name, bits in stored["widths"].items()}
     widths = allocation_for_target(quantizer, sensitivity(), target_mb, candidates)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        temporary.write_text(json.dumps({"target_mb": target_mb, "candidate_bits": candidates,
-                                         "widths": widths}, indent=1)
-                             + "\n", encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_text_atomic(path, json.dumps({"target_mb": target_mb, "candidate_bits": candidates,
+                                        "widths": widths}, indent=1) + "\n")
     return widths

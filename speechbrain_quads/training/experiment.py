@@ -76,18 +76,23 @@ def check_same_experiment(hparams: Mapping, save_folder: str | Path) -> None:
             "(--output_folder=...) or delete that one to start again")
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` (parent folders made) through a temporary file renamed into
+    place, so a reader never sees half a file and a killed run leaves the old one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def record_experiment(hparams: Mapping, save_folder: str | Path) -> Path:
     """Store ``hparams``' :func:`experiment_settings` in ``save_folder`` (atomically; kept if
     already there) and return the file's path."""
     path = Path(save_folder) / SETTINGS_FILE
-    if path.is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        temporary.write_text(json.dumps(experiment_settings(hparams), indent=1, sort_keys=True)
-                             + "\n", encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    if not path.is_file():
+        write_text_atomic(path, json.dumps(experiment_settings(hparams), indent=1,
+                                           sort_keys=True) + "\n")
     return path
