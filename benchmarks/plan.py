@@ -32,7 +32,7 @@ METHOD_BITS = {
              "torch_dynamic_int8": [8],
              "coremltools_skm": [2, 4, 8], "sequential": [2, 4], "coremltools_dkm": [2, 4, 8],
              "quads_mct_random_init": [4], "quads_mct_mixed": [3, 4],
-             "quads_mct_sensitive": [4]},
+             "quads_mct_mixed_outliers": [3], "quads_mct_sensitive": [4]},
     "quick": {"fp_student": [32], "student_probe": [32], "teacher": [32], "quads_mct": [2],
               "kmeans_ptq": [2], "kmeans_ptq_optimal": [2], "kmeans_ptq_sensitive": [2],
               "kmeans_ptq_mixed": [2], "kmeans_ptq_outliers": [2],
@@ -45,7 +45,7 @@ FIXED_BITS = {"fp_student": 32, "student_probe": 32, "teacher": 32, "torch_dynam
 
 TRAINED = {"fp_student": [], "quads_mct": [], "sequential": ["--strategy=sequential"],
            "quads_mct_random_init": ["--init=random"], "quads_mct_mixed": [],
-           "quads_mct_sensitive": ["--sensitivity_samples=32"]}
+           "quads_mct_mixed_outliers": [], "quads_mct_sensitive": ["--sensitivity_samples=32"]}
 """Methods that are train.py runs, with their overrides."""
 
 MIXED_TARGET_MB = {3: 3.0, 4: 3.7337}
@@ -59,13 +59,24 @@ MIXED_WIDTHS = [3, 4, 5, 6, 8]
 ``benchmarks/screening.json``, ``quads_qad_mixed3.0mb_min3``)."""
 
 
+MIXED_OUTLIER_FRACTION = 0.0005
+"""``outlier_fraction`` of ``quads_mct_mixed_outliers``: ``quads_mct_mixed`` with this share of
+each weight kept exactly (8 bytes each, inside the same budget, so the 3-bit tensors pay for
+them); chosen on valid (``benchmarks/screening_klatt.json``)."""
+
+MIXED_METHODS = ("quads_mct_mixed", "quads_mct_mixed_outliers")
+"""Trained rows whose ``bits`` names a budget (:data:`MIXED_TARGET_MB`), not a width."""
+
+
 def recipe_of(method: str, bits: int) -> tuple[str, list[str]]:
     """The recipe hparams file and train.py overrides of a trained row (derived rows: the fp
     student's)."""
-    if method == "quads_mct_mixed":
+    if method in MIXED_METHODS:
         widths = ",".join(map(str, MIXED_WIDTHS))
-        return "hparams/slurp_4bit.yaml", [f"--target_mb={MIXED_TARGET_MB[bits]}",
-                                           f"--target_widths=[{widths}]"]
+        overrides = [f"--target_mb={MIXED_TARGET_MB[bits]}", f"--target_widths=[{widths}]"]
+        if method == "quads_mct_mixed_outliers":
+            overrides.append(f"--outlier_fraction={MIXED_OUTLIER_FRACTION}")
+        return "hparams/slurp_4bit.yaml", overrides
     if method in TRAINED:
         return f"hparams/slurp_{bits}bit.yaml", TRAINED[method]
     return FP_HPARAMS, []
@@ -100,7 +111,7 @@ def parse_methods(spec: str | None, size: str) -> dict[str, list[int]]:
         current = method if bits else None
     for method, bits in selected.items():
         wrong = [b for b in bits if (b != FIXED_BITS[method] if method in FIXED_BITS
-                                     else b not in MIXED_TARGET_MB if method == "quads_mct_mixed"
+                                     else b not in MIXED_TARGET_MB if method in MIXED_METHODS
                                      else not 1 <= b <= 16)]
         if wrong:
             raise SystemExit(f"--methods: {method} cannot run at {wrong} bits")

@@ -43,6 +43,8 @@ LABELS = {
     "quads_mct_random_init": "QUADS (MCT), random student init",
     "quads_mct_mixed": "QUADS (MCT), a width per tensor (3-8 bits) in `target_mb` (bits 3: 3.0 MiB, "
                        "4: the uniform 4-bit size)",
+    "quads_mct_mixed_outliers": "the same in 3.0 MiB, 0.05 % of each weight kept exactly "
+                                "(`outlier_fraction`)",
     "quads_mct_sensitive": "QUADS (MCT), first k-means weighted by squared gradients (32 recordings)",
     "kmeans_ptq": "k-means PTQ of the fp student (no retraining)",
     "kmeans_ptq_optimal": "k-means PTQ, near-exact optimal k-means",
@@ -61,6 +63,9 @@ COMPARISONS = [
     ("quads_mct_mixed:3", "quads_mct:4"), ("quads_mct_mixed:3", "kmeans_ptq_mixed:3"),
     ("quads_mct_mixed:3", "fp_student:32"), ("quads_mct_mixed:3", "coremltools_skm:4"),
     ("quads_mct_mixed:3", "coremltools_dkm:4"),
+    *[("quads_mct_mixed_outliers:3", peer) for peer in ("quads_mct:4", "quads_mct_mixed:3",
+                                                        "fp_student:32", "coremltools_skm:4",
+                                                        "coremltools_dkm:4")],
     *[("quads_mct_mixed:4", peer) for peer in ("quads_mct:4", "fp_student:32", "coremltools_skm:4",
                                                 "coremltools_dkm:4", "kmeans_ptq_mixed:4")],
     *[("quads_mct_sensitive:4", peer) for peer in ("quads_mct:4", "fp_student:32",

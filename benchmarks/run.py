@@ -16,7 +16,9 @@ Same data, same student (Whisper tiny.en), same teacher (Whisper base) for every
   ``quads_mct_mixed:3`` / ``:4``: QUADS with a width per tensor (3-8 bits) in 3.0 MiB / in the
   uniform 4-bit file's size (``target_mb``); ``quads_mct_sensitive:4``: QUADS whose first
   k-means is weighted by squared gradients over 32 training recordings
-  (``sensitivity_samples``, as ``quads_mct_mixed`` does, at one width).
+  (``sensitivity_samples``, as ``quads_mct_mixed`` does, at one width);
+  ``quads_mct_mixed_outliers:3``: ``quads_mct_mixed:3`` with 0.05 % of each weight kept exactly
+  inside the same 3.0 MiB (``outlier_fraction``).
 - ``kmeans_ptq`` (the engine's default ``linear`` k-means), ``kmeans_ptq_optimal`` (the
   near-exact ``optimal`` k-means), ``kmeans_ptq_sensitive`` (``optimal`` k-means weighted by
   squared gradients over the SKM calibration recordings), ``kmeans_ptq_mixed`` (the same, a

@@ -618,3 +618,30 @@ def test_allocation_for_a_target_size_fits_it(tmp_path):
     size = export_packed(model, tmp_path / "m.safetensors").packed_bytes
     assert size <= target_mb * 2**20
     assert size > target_mb * 2**20 - 2**16  # uses the budget (512 x 512 at +1 bit: 32 KiB)
+
+
+def test_allocation_errors_leave_out_the_weights_kept_exactly():
+    """With ``outlier_fraction``, the allocator's error of a width is the error the fitted
+    codebook really makes: the outliers (chosen by ``sensitivity * w**2``, as the fit chooses
+    them) cost nothing and are left out of the k-means."""
+    from speechbrain_quads.codebook.allocation import quantization_errors
+    from speechbrain_quads.codebook.sensitivity import squared_gradients
+
+    model = make_model()
+    inputs, targets = batch()
+    config = QuantizationConfig(bits=3, outlier_fraction=0.02, kmeans_iters=20)
+    quantizer = CodebookQuantizer(config)
+    quantizer.prepare(model)
+    sensitivity = squared_gradients(
+        quantizer, lambda b: nn.functional.cross_entropy(model(b[0]), b[1]), [(inputs, targets)])
+    plain = CodebookQuantizer(QuantizationConfig(bits=3, kmeans_iters=20))
+    plain.prepare(make_model())
+    errors = quantization_errors(quantizer, sensitivity, (2, 3))
+    without = quantization_errors(plain, sensitivity, (2, 3))
+    assert all(errors[n][b] < without[n][b] for n in errors for b in (2, 3))
+    quantizer.cluster(sensitivity=sensitivity)
+    for name, (module, codebook) in quantizer.modules.items():
+        assert codebook.outliers == round(0.02 * module.weight.numel())
+        latent = module.parametrizations["weight"].original.detach()
+        made = float((sensitivity[name].double() * (latent - module.weight).double().square()).sum())
+        assert made == pytest.approx(errors[name][3], rel=1e-6)

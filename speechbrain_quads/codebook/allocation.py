@@ -18,6 +18,7 @@ import torch
 
 from speechbrain_quads.codebook.kmeans import kmeans_1d
 from speechbrain_quads.codebook.packing import size_report
+from speechbrain_quads.codebook.parametrization import outlier_positions
 from speechbrain_quads.codebook.quantization import CodebookQuantizer, quantized_modules
 
 CANDIDATE_BITS = (2, 3, 4, 5, 6, 8)
@@ -36,12 +37,17 @@ def quantization_errors(quantizer: CodebookQuantizer, sensitivity: Mapping[str, 
                         candidate_bits: Sequence[int] = CANDIDATE_BITS
                         ) -> dict[str, dict[int, float]]:
     """``{module: {bits: sum(s * (w - Q_bits(w))**2)}}`` for every tensor of ``quantizer``
-    (its ``init`` k-means weighted by ``s``, one codebook per group as configured)."""
+    (its ``init`` k-means weighted by ``s``, one codebook per group as configured; the weights a
+    codebook keeps exactly (``outlier_fraction``, chosen as its fit chooses them) cost nothing
+    and are left out of the k-means)."""
     errors = {}
     for name, (module, codebook) in quantizer.modules.items():
         latent = module.parametrizations["weight"].original.detach()
         values = latent.reshape(codebook.groups, -1).double().cpu()
-        weights = sensitivity[name].reshape(codebook.groups, -1).double().cpu()
+        weights = sensitivity[name].reshape(codebook.groups, -1).double().cpu().clone()
+        if codebook.outliers:
+            exact = outlier_positions(latent, codebook.outliers, sensitivity[name]).cpu()
+            weights.view(-1)[exact] = 0.0
         errors[name] = {}
         for bits in candidate_bits:
             centroids, indices = kmeans_1d(values, 2**bits, init=quantizer.config.init,

@@ -33,6 +33,17 @@ def index_dtype(bits: int) -> torch.dtype:
 
 
 
+
+def outlier_positions(latent: torch.Tensor, count: int,
+                      sensitivity: torch.Tensor | None = None) -> torch.Tensor:
+    """Flat positions (sorted, int64, ``(count,)``) of the ``count`` weights of ``latent`` kept
+    exactly: the largest ``|w|``, or with ``sensitivity`` (same shape) the largest
+    ``sensitivity * w**2``."""
+    flat = latent.detach().reshape(-1)
+    score = flat.abs() if sensitivity is None else (
+        sensitivity.detach().reshape(-1).to(flat.device) * flat.square())
+    return torch.topk(score.float(), count).indices.sort().values
+
 class _CodebookGather(torch.autograd.Function):
     """``table.flatten()[index]`` whose backward sums member gradients per centroid.
 
@@ -193,10 +204,7 @@ class CodebookParametrization(nn.Module):
         values = latent.detach().reshape(self.groups, -1)
         weights = None if sensitivity is None else sensitivity.detach().reshape(self.groups, -1)
         if self.outliers:
-            flat = latent.detach().reshape(-1)
-            score = flat.abs() if sensitivity is None else (
-                sensitivity.detach().reshape(-1) * flat.square())
-            chosen = torch.topk(score.float(), self.outliers).indices.sort().values
+            chosen = outlier_positions(latent, self.outliers, sensitivity)
             self.outlier_index.copy_(chosen)
             weights = torch.ones_like(values, dtype=torch.float64) if weights is None else (
                 weights.double().clone())
