@@ -43,8 +43,8 @@ LABELS = {
     "quads_mct_random_init": "QUADS (MCT), random student init",
     "quads_mct_mixed": "QUADS (MCT), a width per tensor (3-8 bits) in `target_mb` (bits 3: 3.0 MiB, "
                        "4: the uniform 4-bit size)",
-    "quads_mct_mixed_outliers": "the same in 3.0 MiB, 0.05 % of each weight kept exactly "
-                                "(`outlier_fraction`)",
+    "quads_mct_mixed_outliers": "QUADS (MCT), a width per tensor (3-8 bits) in 3.0 MiB with "
+                                "0.05 % of each weight kept exactly (`outlier_fraction`)",
     "quads_mct_sensitive": "QUADS (MCT), first k-means weighted by squared gradients (32 recordings)",
     "kmeans_ptq": "k-means PTQ of the fp student (no retraining)",
     "kmeans_ptq_optimal": "k-means PTQ, near-exact optimal k-means",

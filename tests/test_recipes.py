@@ -21,9 +21,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from hyperpyyaml import load_hyperpyyaml
 from readme_commands import documented_commands
 from recipe_files import load_recipe_file
+from safetensors import safe_open
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "recipes" / "mini_corpus"))
@@ -135,6 +137,18 @@ def test_recipe_runs_as_documented(row, tmp_path):
     bits = int(options.get("bits", re.search(r"_(\d+)bit", hparams.name).group(1)))
     output = recipe / options.get("output_folder", f"results/{hparams.stem.split('_')[0]}_"
                                                    f"{bits}bit/1986")
+    if "target_mb" in options:  # a width per tensor: the file fits the budget, outliers included
+        widths = json.loads((output / "save" / "bit_widths.json").read_text())["widths"]
+        assert set(widths.values()) <= set(json.loads(options["target_widths"]))
+        bits = max(widths.values())
+        size = json.loads((output / "summary.json").read_text())["size"]
+        assert size["packed_bytes"] <= float(options["target_mb"]) * 2**20
+        entries = json.loads(safe_open(output / "model" / "model.safetensors",
+                                       "pt").metadata()["quantized"])
+        fraction = float(options["outlier_fraction"])  # the weights kept exactly, in the file
+        assert {k: e.get("outliers", 0) for k, e in entries.items()} == {
+            k: round(fraction * e["numel"]) for k, e in entries.items()}
+        assert sum(e.get("outliers", 0) for e in entries.values()) > 0
     metrics = check_outputs(output, row, bits, options.get("strategy", "mct"))
     if "SLURP" in row["Script_file"]:  # the demo and the benchmarks read a run back this way
         train_py = load_recipe_file(f"{script.parent.parent.name}_train", script)
@@ -144,7 +158,8 @@ def test_recipe_runs_as_documented(row, tmp_path):
     saved = (output / "hyperparams.yaml").read_text()
     for key, value in options.items():
         if key not in ("device", "precision"):  # run options, not hparams
-            assert re.search(rf"^{key}: {re.escape(value)}\b", saved, re.M), key
+            line = re.search(rf"^{key}: (.*?)\s*(#.*)?$", saved, re.M)
+            assert line and yaml.safe_load(line.group(1)) == yaml.safe_load(value), key
     if bits != 4 or extra:
         return
     # The output folder alone re-runs the experiment: its hyperparams.yaml loads with plain
