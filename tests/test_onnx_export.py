@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 from speech import synthesize_clips
 from torch import nn
 
+from speechbrain_quads.codebook.packed_format import OUTLIER_VALUE_SUFFIX
 from speechbrain_quads.codebook.packing import pack_indices
 from speechbrain_quads.codebook.quantization import QuantizationConfig, quantize_
 from speechbrain_quads.deploy.export import export_model
@@ -142,6 +143,21 @@ def test_weights_stay_in_codebook_form(exports, bits):
     assert largest == 80 * 201  # the mel filters; every weight matrix is indices + codebook
 
 
+def rebuilt_weight(entry: dict, *stored: np.ndarray) -> np.ndarray:
+    """The weight that :func:`_codebook_weight`'s subgraph rebuilds from ``stored`` (packed
+    indices, codebook[, outlier positions, values]), run alone in onnxruntime."""
+    g = _Builder()
+    weight = _codebook_weight(g, "w", entry, *stored)
+    g.nodes.append(helper.make_node("Identity", [weight], ["out"]))
+    graph = helper.make_graph(g.nodes, "weight", [],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                              g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {})[0]
+
+
 @pytest.mark.parametrize("bits", range(1, 17))
 def test_in_graph_unpacking_matches_the_packed_format(bits):
     """Every width 1-16, one and three codebooks (rows split in groups), odd sizes."""
@@ -150,18 +166,17 @@ def test_in_graph_unpacking_matches_the_packed_format(bits):
         indices = rng.integers(0, 2**bits, size=shape)
         codebook = rng.standard_normal((groups, 2**bits)).astype(np.float32)
         packed = pack_indices(torch.from_numpy(indices), bits).numpy()
-        g = _Builder()
         entry = {"bits": bits, "numel": indices.size, "groups": groups, "shape": list(shape)}
-        weight = _codebook_weight(g, "w", entry, packed, codebook)
-        g.nodes.append(helper.make_node("Identity", [weight], ["out"]))
-        graph = helper.make_graph(g.nodes, "unpack", [],
-                                  [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
-                                  g.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
-        model.ir_version = 9
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         rows = np.repeat(np.arange(groups), shape[0] // groups)[:, None]
-        np.testing.assert_array_equal(session.run(None, {})[0], codebook[rows, indices])
+        np.testing.assert_array_equal(rebuilt_weight(entry, packed, codebook),
+                                      codebook[rows, indices])
+        # with weights kept exactly: their values replace the codebook's at their flat positions
+        positions = np.sort(rng.choice(indices.size, size=4, replace=False)).astype(np.int32)
+        values = rng.standard_normal(4).astype(np.float32)
+        exact = codebook[rows, indices].reshape(-1)
+        exact[positions] = values
+        np.testing.assert_array_equal(
+            rebuilt_weight(entry, packed, codebook, positions, values), exact.reshape(shape))
 
 
 def test_cli_writes_the_model(exports, tmp_path):
@@ -194,14 +209,31 @@ def test_int8_compute_agrees_with_the_float_path(exports, speech, clips):
             assert b.argmax() == i
 
 
-def test_a_model_with_outliers_is_refused_by_name(tiny_dir, clips, tmp_path):
-    """The ONNX export does not build outliers yet: it says so, naming the file and weight."""
+def test_a_model_with_outliers_matches_pytorch(tiny_dir, clips, speech, tmp_path):
+    """Weights kept exactly (``outlier_fraction``) are scattered over the codebook weights in
+    the graph: logits match the PyTorch export, float and int8 graphs build, and the positions
+    and values are stored as in the packed file (int32 + float32, 8 bytes each)."""
     model = prototype_model(tiny_dir, clips)
-    quantizer = quantize_(model, QuantizationConfig(bits=4, min_numel=1024,
-                                                    outlier_fraction=0.001))
+    quantizer = quantize_(model, QuantizationConfig(bits=2, min_numel=1024,
+                                                    outlier_fraction=0.002))
     model.eval()
     folder = tmp_path / "model"
-    export_model(SimpleNamespace(deployable=model, quantizer=quantizer), {"bits": 4}, LABELS,
+    export_model(SimpleNamespace(deployable=model, quantizer=quantizer), {"bits": 2}, LABELS,
                  folder)
-    with pytest.raises(ValueError, match="keeps outliers .* does not support"):
-        export_onnx(folder, tmp_path / "model.onnx")
+    sizes = export_onnx(folder, tmp_path / "model.onnx")
+    graph = onnx.load(tmp_path / "model.onnx").graph
+    kept = {init.name: int(np.prod(init.dims)) for init in graph.initializer
+            if init.name.endswith(OUTLIER_VALUE_SUFFIX)}
+    expected = {key + OUTLIER_VALUE_SUFFIX: codebook.outliers
+                for key, codebook in ((name + ".weight", c) for name, (_, c)
+                                      in quantizer.modules.items())}
+    assert kept == expected and min(kept.values()) > 0
+    assert 1.0 < sizes["size_ratio"] <= 1.05
+    onnx_model = OnnxIntentClassifier(tmp_path / "model.onnx", threads=1)
+    for wave in [*clips, speech[3]]:
+        found, want = onnx_model.logits(wave.numpy()), torch_logits(folder, wave)
+        assert np.abs(found - want).max() <= 1e-4 and found.argmax() == want.argmax()
+    int8 = OnnxIntentClassifier(tmp_path / "model.onnx", threads=1, compute="int8")
+    assert int8.logits(clips[0].numpy()).shape == (1, len(LABELS))
+
+

@@ -11,11 +11,13 @@ same length (no padding: use batch 1 for files of different lengths).
 
 A quantized weight is stored as its packed b-bit indices (uint8 bytes, exactly as in
 ``model.safetensors``) and float32 codebooks; the graph unpacks the bits (``BitShift`` /
-``BitwiseAnd``), ``Gather``-s the codebook and reshapes. Those nodes depend only on initializers, so
-onnxruntime's constant folding rebuilds every weight once, at session start, and inference runs on
-float32 weights. Whisper's positional table is rebuilt in the graph from its recipe (see
-:mod:`speechbrain_quads.models.positional`) instead of being stored. The file is therefore about the
-size of the packed safetensors file (4 bits: 1.01x), not the 31 MB of float32 weights.
+``BitwiseAnd``), ``Gather``-s the codebook, scatters the weights kept exactly over it
+(``outlier_fraction``: int32 positions and float32 values, as in the file) and reshapes. Those
+nodes depend only on initializers, so onnxruntime's constant folding rebuilds every weight once,
+at session start, and inference runs on float32 weights. Whisper's positional table is rebuilt
+in the graph from its recipe (see :mod:`speechbrain_quads.models.positional`) instead of being
+stored. The file is therefore about the size of the packed safetensors file (4 bits: 1.01x), not
+the 31 MB of float32 weights.
 
 ``metadata_props`` hold ``format`` (:data:`ONNX_FORMAT`), ``format_version``, ``labels`` (JSON
 list in class-index order), ``sampling_rate`` (16000), ``min_samples``, ``max_samples`` (0: no
@@ -38,6 +40,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from safetensors import safe_open
 
+from speechbrain_quads.codebook.packed_format import OUTLIER_INDEX_SUFFIX, OUTLIER_VALUE_SUFFIX
 from speechbrain_quads.codebook.packing import CODEBOOK_SUFFIX, FORMAT_NAME, INDICES_SUFFIX
 from speechbrain_quads.deploy.export import MODEL_FILE
 from speechbrain_quads.deploy.inference import load_export
@@ -130,8 +133,11 @@ def _unpack_indices(g: _Builder, packed: str, bits: int, numel: int) -> str:
 
 
 def _codebook_weight(g: _Builder, key: str, entry: dict, packed: np.ndarray,
-                     codebook: np.ndarray) -> str:
-    """Graph: a quantized weight ``codebook[group, index]`` of shape ``entry["shape"]`` (float32)."""
+                     codebook: np.ndarray, outlier_index: np.ndarray | None = None,
+                     outlier_value: np.ndarray | None = None) -> str:
+    """Graph: a quantized weight ``codebook[group, index]`` of shape ``entry["shape"]`` (float32),
+    with the weights kept exactly (``outlier_index`` int32 flat positions, ``outlier_value``
+    float32, both ``(n,)``) scattered over it when given."""
     bits, numel, groups = entry["bits"], entry["numel"], entry["groups"]
     indices = _unpack_indices(g, g.const(packed, key + INDICES_SUFFIX), bits, numel)
     if groups > 1:  # group r's indices address row r of the (groups, 2**bits) codebook
@@ -139,7 +145,13 @@ def _codebook_weight(g: _Builder, key: str, entry: dict, packed: np.ndarray,
         indices = g.op("Reshape", [g.op("Add", [g.op("Reshape", [indices, g.i64(groups, -1)]),
                                                 g.const(offsets)]), g.i64(-1)])
     table = g.const(codebook.reshape(-1).astype(np.float32), key + CODEBOOK_SUFFIX)
-    return g.op("Reshape", [g.op("Gather", [table, indices]), g.i64(*entry["shape"])])
+    flat = g.op("Gather", [table, indices])
+    if outlier_index is not None and outlier_index.size:  # stored as in the file: int32 + float32
+        positions = g.op("Cast", [g.const(outlier_index, key + OUTLIER_INDEX_SUFFIX)],
+                         to=TensorProto.INT64)
+        flat = g.op("ScatterND", [flat, g.op("Unsqueeze", [positions, g.i64(1)]),
+                                  g.const(outlier_value, key + OUTLIER_VALUE_SUFFIX)])
+    return g.op("Reshape", [flat, g.i64(*entry["shape"])])
 
 
 class _Weights:
@@ -154,14 +166,12 @@ class _Weights:
             metadata = handle.metadata() or {}
             if metadata.get("format") == FORMAT_NAME:
                 self.quantized = json.loads(metadata["quantized"])
-                with_outliers = [k for k, e in self.quantized.items() if e.get("outliers")]
-                if with_outliers:
-                    raise ValueError(f"{model_path}: {with_outliers[0]!r} keeps outliers "
-                                     "(outlier_fraction > 0), which the ONNX export does not "
-                                     "support yet; export a model trained without them")
-                for key in self.quantized:
+                for key, entry in self.quantized.items():
+                    exact = ((handle.get_tensor(key + OUTLIER_INDEX_SUFFIX),
+                              handle.get_tensor(key + OUTLIER_VALUE_SUFFIX))
+                             if entry.get("outliers") else ())
                     self.packed[key] = (handle.get_tensor(key + INDICES_SUFFIX),
-                                        handle.get_tensor(key + CODEBOOK_SUFFIX))
+                                        handle.get_tensor(key + CODEBOOK_SUFFIX), *exact)
 
     def __call__(self, key: str, transpose: bool = False) -> str:
         """Graph name of tensor ``key`` (float32), transposed (2-D) when ``transpose``."""
