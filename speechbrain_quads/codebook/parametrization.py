@@ -32,8 +32,6 @@ def index_dtype(bits: int) -> torch.dtype:
     return torch.uint8 if bits <= 8 else torch.int32
 
 
-
-
 def outlier_positions(latent: torch.Tensor, count: int,
                       sensitivity: torch.Tensor | None = None) -> torch.Tensor:
     """Flat positions (sorted, int64, ``(count,)``) of the ``count`` weights of ``latent`` kept
@@ -43,6 +41,7 @@ def outlier_positions(latent: torch.Tensor, count: int,
     score = flat.abs() if sensitivity is None else (
         sensitivity.detach().reshape(-1).to(flat.device) * flat.square())
     return torch.topk(score.float(), count).indices.sort().values
+
 
 class _CodebookGather(torch.autograd.Function):
     """``table.flatten()[index]`` whose backward sums member gradients per centroid.
