@@ -104,6 +104,22 @@ def check_outputs(output: Path, row: dict, bits: int, strategy: str = "mct") -> 
     return metrics
 
 
+def check_size_target(output: Path, options: dict[str, str]) -> int:
+    """A run with ``target_mb``: widths from ``target_widths``, a file within the budget with
+    the weights kept exactly (``outlier_fraction``) in it. Returns the widest width."""
+    widths = json.loads((output / "save" / "bit_widths.json").read_text())["widths"]
+    assert set(widths.values()) <= set(json.loads(options["target_widths"]))
+    size = json.loads((output / "summary.json").read_text())["size"]
+    assert size["packed_bytes"] <= float(options["target_mb"]) * 2**20
+    with safe_open(output / "model" / "model.safetensors", "pt") as handle:
+        entries = json.loads(handle.metadata()["quantized"])
+    fraction = float(options["outlier_fraction"])
+    assert {k: e.get("outliers", 0) for k, e in entries.items()} == {
+        k: round(fraction * e["numel"]) for k, e in entries.items()}
+    assert sum(e.get("outliers", 0) for e in entries.values()) > 0
+    return max(widths.values())
+
+
 def _flags(row: dict) -> tuple[str, list[str]]:
     """A row's sample corpus and the documented flags it adds to ``--data_folder``."""
     data, *extra = row["test_debug_flags"].split()
@@ -137,18 +153,8 @@ def test_recipe_runs_as_documented(row, tmp_path):
     bits = int(options.get("bits", re.search(r"_(\d+)bit", hparams.name).group(1)))
     output = recipe / options.get("output_folder", f"results/{hparams.stem.split('_')[0]}_"
                                                    f"{bits}bit/1986")
-    if "target_mb" in options:  # a width per tensor: the file fits the budget, outliers included
-        widths = json.loads((output / "save" / "bit_widths.json").read_text())["widths"]
-        assert set(widths.values()) <= set(json.loads(options["target_widths"]))
-        bits = max(widths.values())
-        size = json.loads((output / "summary.json").read_text())["size"]
-        assert size["packed_bytes"] <= float(options["target_mb"]) * 2**20
-        entries = json.loads(safe_open(output / "model" / "model.safetensors",
-                                       "pt").metadata()["quantized"])
-        fraction = float(options["outlier_fraction"])  # the weights kept exactly, in the file
-        assert {k: e.get("outliers", 0) for k, e in entries.items()} == {
-            k: round(fraction * e["numel"]) for k, e in entries.items()}
-        assert sum(e.get("outliers", 0) for e in entries.values()) > 0
+    if "target_mb" in options:
+        bits = check_size_target(output, options)
     metrics = check_outputs(output, row, bits, options.get("strategy", "mct"))
     if "SLURP" in row["Script_file"]:  # the demo and the benchmarks read a run back this way
         train_py = load_recipe_file(f"{script.parent.parent.name}_train", script)

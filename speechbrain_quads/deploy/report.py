@@ -9,7 +9,6 @@ and ``summary.json`` (metrics, sizes and GMACs).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -17,13 +16,7 @@ from pathlib import Path
 from speechbrain_quads.deploy.export import export_model
 from speechbrain_quads.evaluation.metrics import accuracy, macro_f1
 from speechbrain_quads.evaluation.profiling import compute_summary
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write ``text`` through a temporary file renamed into place (a reader never sees half)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+from speechbrain_quads.training.experiment import write_text_atomic
 
 
 def write_test_outputs(brain, hparams: dict, labels: list[str], test_rows: dict[str, dict],
@@ -56,13 +49,13 @@ def write_test_outputs(brain, hparams: dict, labels: list[str], test_rows: dict[
         metrics.update(extra_metrics(predicted, truth))
     lines = [json.dumps(prediction_line(utt_id, test_rows[utt_id], intent))
              for utt_id, intent in zip(brain.predicted_ids, predicted, strict=True)]
-    _write_text(output / "predictions.jsonl", "".join(line + "\n" for line in lines))
+    write_text_atomic(output / "predictions.jsonl", "".join(line + "\n" for line in lines))
     sizes = export_model(brain, hparams, labels, output / "model")
     durations = [float(row["duration"]) for row in test_rows.values()]
     summary = {"metrics": metrics, "size": sizes, "compute": compute_summary(brain, hparams,
                                                                              durations)}
-    _write_text(output / "test_metrics.json", json.dumps(metrics, indent=1) + "\n")
-    _write_text(output / "summary.json", json.dumps(summary, indent=1) + "\n")
+    write_text_atomic(output / "test_metrics.json", json.dumps(metrics, indent=1) + "\n")
+    write_text_atomic(output / "summary.json", json.dumps(summary, indent=1) + "\n")
     return metrics
 
 
