@@ -86,8 +86,7 @@ def make_export(folder: Path, bits: int = 4) -> Path:
     model = nn.ModuleDict({"student": student, "classifier": head})
     quantizer = quantize_(model, QuantizationConfig(bits=bits))
     labels = [f"intent_{i}" for i in range(len(SENTENCES))]
-    export_model(SimpleNamespace(deployable=model, quantizer=quantizer), {"bits": bits}, labels,
-                 folder)
+    export_model(SimpleNamespace(deployable=model, quantizer=quantizer), labels, folder)
     return folder
 
 
@@ -131,7 +130,7 @@ def build_models(export: Path, work: Path, threads: list[int]) -> tuple[dict, di
                 "teacher": lambda wav: teacher(wav), "dynamic_int8": head_forward(int8)}
     encoders = [quads.mods.student, student, teacher, int8["student"]]
     fp_export = work / "fp_export"
-    export_model(SimpleNamespace(deployable=fp), {"bits": 32}, quads.labels, fp_export)
+    export_model(SimpleNamespace(deployable=fp), quads.labels, fp_export)
     sessions: dict[tuple[str, str, int], OnnxIntentClassifier] = {}
     facts: dict = {}
     for mode, pad in MODES.items():

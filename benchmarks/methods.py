@@ -190,7 +190,7 @@ def kmeans_ptq(fp_run: Path, bits: int, out_dir: Path, seed: int, init: str = "l
     start = time.perf_counter()
     quantizer = quantize_(model, QuantizationConfig(bits=bits, seed=seed, init=init))
     seconds = time.perf_counter() - start
-    sizes = export_model(SimpleNamespace(deployable=model, quantizer=quantizer), {"bits": bits},
+    sizes = export_model(SimpleNamespace(deployable=model, quantizer=quantizer),
                          labels, out_dir)
     return {**evaluate(model, datasets["test"]), "packed_mb": sizes["packed_mb"],
             "train_seconds": seconds, "export": str(out_dir)}
@@ -231,7 +231,7 @@ def kmeans_ptq_sensitive(fp_run: Path, bits: int, out_dir: Path, samples: int, s
     quantizer.cluster(sensitivity=sensitivity)
     seconds = time.perf_counter() - start
     model.eval()
-    sizes = export_model(SimpleNamespace(deployable=model, quantizer=quantizer), {"bits": bits},
+    sizes = export_model(SimpleNamespace(deployable=model, quantizer=quantizer),
                          labels, out_dir)
     return {**evaluate(model, datasets["test"]), "packed_mb": sizes["packed_mb"],
             "train_seconds": seconds, "calibration_samples": samples, "export": str(out_dir),
@@ -497,8 +497,8 @@ def _palettized_result(palettized: nn.Module, fp_run: Path, bits: int, labels: l
     if "valid" in datasets:
         result["valid_accuracy"] = evaluate(plain, datasets["valid"])["accuracy"]
     if out_dir is not None:
-        sizes = export_model(SimpleNamespace(deployable=plain, quantizer=quantizer),
-                             {"bits": bits}, labels, out_dir)
+        sizes = export_model(SimpleNamespace(deployable=plain, quantizer=quantizer), labels,
+                             out_dir)
         result.update(packed_mb=sizes["packed_mb"], export=str(out_dir))
     return result
 

@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                 correct[name][utt_id] = int(classifier.labels[int(scores.argmax())] == intent)
                 logits[name].append(scores)
     result = {"model_dir": str(args.model_dir), "test_csv": str(args.test_csv),
-              "bits": exported.get("bits"), "recordings": len(rows), "threads": 1,
+              "bits": exported["bits"], "bit_widths": exported["bit_widths"],
+              "recordings": len(rows), "threads": 1,
               "paths": {name: summary(values) for name, values in correct.items()},
               "comparisons": [], "label_agreement_with_torch": {}, "max_abs_logit_diff": {}}
     torch_labels = np.array([v.argmax() for v in logits["torch"]])

@@ -32,11 +32,10 @@ def export(request, tiny_dir, tmp_path_factory) -> Path:
     model = _model(tiny_dir)
     folder = tmp_path_factory.mktemp(request.param) / "model"
     if request.param == "float":
-        export_model(SimpleNamespace(deployable=model), {"bits": 32}, LABELS, folder)
+        export_model(SimpleNamespace(deployable=model), LABELS, folder)
     else:
         quantizer = quantize_(model, QuantizationConfig(bits=4, min_numel=1024))
-        export_model(SimpleNamespace(deployable=model, quantizer=quantizer), {"bits": 4}, LABELS,
-                     folder)
+        export_model(SimpleNamespace(deployable=model, quantizer=quantizer), LABELS, folder)
     return folder
 
 
@@ -99,6 +98,10 @@ BAD_CONFIGS = {
     "future version": (_set("version", CONFIG_VERSION + 1), "unsupported version"),
     "float version": (_set("version", 2.0), "unsupported version 2.0"),
     "other format": (_set("format", "hf-whisper"), "format is 'hf-whisper'"),
+    "bit_widths not a list": (_set("bit_widths", 4), r"'bit_widths' must list .* got 4"),
+    "bit_widths past bits": (_set("bit_widths", [3, 5]), r"ending at 'bits' \(\d+\), got \[3, 5\]"),
+    "bit_widths unsorted": (_set("bit_widths", [4, 3]), r"'bit_widths' must list increasing"),
+    "bit_widths of 0": (_set("bit_widths", [0, 4]), r"'bit_widths' must list .* got \[0, 4\]"),
 }
 
 
@@ -163,6 +166,6 @@ def test_foreign_safetensors_file_is_refused_by_its_header(export, tmp_path):
 
 def test_export_refuses_repeated_labels_and_writes_nothing(tiny_dir, tmp_path):
     with pytest.raises(ValueError, match="'labels' repeats 'stop'"):
-        export_model(SimpleNamespace(deployable=_model(tiny_dir)), {"bits": 32},
+        export_model(SimpleNamespace(deployable=_model(tiny_dir)),
                      ["stop", "go", "stop"], tmp_path / "model")
     assert not (tmp_path / "model").exists()

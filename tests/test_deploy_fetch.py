@@ -31,7 +31,7 @@ def export(tiny_dir, tmp_path_factory) -> Path:
     model = nn.ModuleDict({"student": WhisperStudent(tiny_dir, keep_layers=[0]),
                            "classifier": IntentClassifier(384, len(LABELS))}).eval()
     folder = tmp_path_factory.mktemp("export") / "model"
-    export_model(SimpleNamespace(deployable=model), {"bits": 32}, LABELS, folder)
+    export_model(SimpleNamespace(deployable=model), LABELS, folder)
     return folder
 
 

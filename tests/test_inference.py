@@ -59,7 +59,7 @@ def quantized(tiny_dir, clips, tmp_path_factory) -> tuple[nn.ModuleDict, Path]:
     quantizer = quantize_(model, QuantizationConfig(bits=4, min_numel=1024))
     model.eval()
     folder = tmp_path_factory.mktemp("export") / "model"
-    export_model(SimpleNamespace(deployable=model, quantizer=quantizer), {"bits": 4}, LABELS, folder)
+    export_model(SimpleNamespace(deployable=model, quantizer=quantizer), LABELS, folder)
     return model, folder
 
 
@@ -257,7 +257,7 @@ def test_bad_model_folders_error_clearly(quantized, tmp_path):
 
 def test_float32_export_loads(tiny_dir, clips, tmp_path):
     model = _model(tiny_dir, clips).eval()
-    export_model(SimpleNamespace(deployable=model), {"bits": 32}, LABELS, tmp_path / "model")
+    export_model(SimpleNamespace(deployable=model), LABELS, tmp_path / "model")
     loaded = QuadsIntentClassifier.from_pretrained(tmp_path / "model", run_opts={"device": "cpu"})
     assert loaded.hparams.bits == 32
     wavs, lens = pad_batch(clips)
@@ -280,7 +280,7 @@ def test_export_of_a_prepared_model_with_the_quantizer_off_loads(tmp_path, tiny_
                            "classifier": IntentClassifier(384, 3)}).eval()
     quantizer = CodebookQuantizer(QuantizationConfig(bits=4, min_numel=1024))
     quantizer.prepare(model)  # prepared, never clustered: mode off
-    export_model(SimpleNamespace(deployable=model, quantizer=quantizer), {"bits": 4},
+    export_model(SimpleNamespace(deployable=model, quantizer=quantizer),
                  ["a", "b", "c"], tmp_path / "model")
     loaded = QuadsIntentClassifier.from_hparams(str(tmp_path / "model"))
     wavs = torch.randn(2, 16000) * 0.1

@@ -1,6 +1,7 @@
 """ONNX export: the whole classifier in one graph with codebook weights; parity with PyTorch at
 2/4/8 bits and full precision on 1, 3 and 10 s of speech; file sizes; the CLI; the int8 path."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from speechbrain_quads.codebook.packing import pack_indices
 from speechbrain_quads.codebook.quantization import QuantizationConfig, quantize_
 from speechbrain_quads.deploy.export import export_model
 from speechbrain_quads.deploy.inference import load_export
-from speechbrain_quads.deploy.onnx_export import _Builder, _codebook_weight, export_onnx
+from speechbrain_quads.deploy.onnx_export import _Builder, _codebook_weight, export_onnx, main
 from speechbrain_quads.deploy.onnx_runtime import OnnxIntentClassifier, int8_model
 from speechbrain_quads.models.heads import IntentClassifier
 from speechbrain_quads.models.whisper import WhisperStudent
@@ -48,12 +49,11 @@ def write_export(model: nn.ModuleDict, bits: int, folder: Path) -> Path:
     """Export ``model`` as the recipes do: ``bits``-bit codebooks (min_numel 1024), or float32
     for 32; the in-memory model keeps its weights (quantized in place for b < 32)."""
     if bits == 32:
-        export_model(SimpleNamespace(deployable=model), {"bits": 32}, LABELS, folder)
+        export_model(SimpleNamespace(deployable=model), LABELS, folder)
     else:
         quantizer = quantize_(model, QuantizationConfig(bits=bits, min_numel=1024))
         model.eval()
-        export_model(SimpleNamespace(deployable=model, quantizer=quantizer), {"bits": bits},
-                     LABELS, folder)
+        export_model(SimpleNamespace(deployable=model, quantizer=quantizer), LABELS, folder)
     return folder
 
 
@@ -218,8 +218,7 @@ def test_a_model_with_outliers_matches_pytorch(tiny_dir, clips, speech, tmp_path
                                                     outlier_fraction=0.002))
     model.eval()
     folder = tmp_path / "model"
-    export_model(SimpleNamespace(deployable=model, quantizer=quantizer), {"bits": 2}, LABELS,
-                 folder)
+    export_model(SimpleNamespace(deployable=model, quantizer=quantizer), LABELS, folder)
     sizes = export_onnx(folder, tmp_path / "model.onnx")
     graph = onnx.load(tmp_path / "model.onnx").graph
     kept = {init.name: int(np.prod(init.dims)) for init in graph.initializer
@@ -237,3 +236,21 @@ def test_a_model_with_outliers_matches_pytorch(tiny_dir, clips, speech, tmp_path
     assert int8.logits(clips[0].numpy()).shape == (1, len(LABELS))
 
 
+
+
+def test_a_mixed_width_model_says_which_widths_it_stores(tiny_dir, tmp_path, capsys):
+    """A width per tensor (``target_mb``): config.json's ``bits`` is the widest stored,
+    ``bit_widths`` lists each one, the ONNX metadata carries both and the CLI prints the span."""
+    model = nn.ModuleDict({"student": WhisperStudent(tiny_dir, keep_layers=[0]),
+                           "classifier": IntentClassifier(384, len(LABELS))})
+    quantizer = quantize_(model, QuantizationConfig(
+        bits=4, min_numel=1024, module_bits={"student.encoder.layers.0.fc1": 3,
+                                             "student.encoder.layers.0.fc2": 5}))
+    folder = tmp_path / "model"
+    export_model(SimpleNamespace(deployable=model.eval(), quantizer=quantizer), LABELS, folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["bits"] == 5 and config["bit_widths"] == [3, 4, 5]
+    assert main([str(folder), str(tmp_path / "model.onnx")]) == 0
+    assert "\t3-5 bits\t" in capsys.readouterr().out
+    meta = {prop.key: prop.value for prop in onnx.load(tmp_path / "model.onnx").metadata_props}
+    assert meta["bits"] == "5" and json.loads(meta["bit_widths"]) == [3, 4, 5]

@@ -92,8 +92,13 @@ def check_outputs(output: Path, row: dict, bits: int, strategy: str = "mct") -> 
     size = summary["size"]
     assert size["bits"] == bits
     assert size["packed_bytes"] == (output / "model" / "model.safetensors").stat().st_size
+    config = json.loads((output / "model" / "config.json").read_text())
+    assert config["bits"] == bits
     if bits < 32:  # the packed file is the bit arithmetic plus the safetensors header
         assert 0 < size["packed_bytes"] - size["bit_arithmetic_bytes"] < 64 * 1024
+        with safe_open(output / "model" / "model.safetensors", "pt") as handle:
+            entries = json.loads(handle.metadata()["quantized"]).values()
+        assert config["bit_widths"] == sorted({entry["bits"] for entry in entries})
     compute = summary["compute"]
     assert compute["student_gmacs_30s"] > 5 * compute["student_gmacs_real_length"]
     log = (output / "train_log.txt").read_text().splitlines()

@@ -100,6 +100,30 @@ def _check_whisper_config(config: dict, where: str) -> None:
                          f"whisper_config d_model is {whisper['d_model']}")
 
 
+def _check_bit_widths(widths: object, bits: int, where: str) -> None:
+    """ValueError unless ``widths`` lists increasing integer widths in [1, 16], the widest
+    equal to ``bits``."""
+    if (not isinstance(widths, list) or not widths
+            or any(isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= 16
+                   for w in widths)
+            or widths != sorted(set(widths)) or widths[-1] != bits):
+        raise ValueError(f"{where}: key 'bit_widths' must list increasing integers in [1, 16] "
+                         f"ending at 'bits' ({bits}), got {widths!r}")
+
+
+def stored_widths(quantizer) -> list[int]:
+    """The distinct index widths of ``quantizer``'s codebooks, increasing (e.g. [3, 4, 5] for
+    a model given a width per tensor by ``target_mb``)."""
+    return sorted({codebook.bits for _, codebook in quantizer.modules.values()})
+
+
+def describe_bits(config: dict) -> str:
+    """``config``'s width for people: ``'4 bits'``, or ``'3-5 bits'`` for mixed widths."""
+    widths = config.get("bit_widths", [config["bits"]])
+    span = str(widths[0]) if len(widths) == 1 else f"{widths[0]}-{widths[-1]}"
+    return f"{span} bits"
+
+
 def check_config(config: object, where: str | Path) -> dict:
     """Check a parsed export ``config.json`` (``where`` names it in errors); returns ``config``.
 
@@ -121,6 +145,8 @@ def check_config(config: object, where: str | Path) -> dict:
     bits = config.get("bits")
     if isinstance(bits, bool) or not isinstance(bits, int) or not (1 <= bits <= 16 or bits == 32):
         raise ValueError(f"{where}: key 'bits' must be an integer in [1, 16] or 32, got {bits!r}")
+    if "bit_widths" in config:
+        _check_bit_widths(config["bit_widths"], bits, where)
     if not isinstance(config.get("pad_to_30s"), bool):
         raise ValueError(f"{where}: key 'pad_to_30s' must be true or false, got "
                          f"{config.get('pad_to_30s')!r}")
@@ -212,9 +238,10 @@ def _atomic_folder(final: Path, write: Callable[[Path], None]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def export_model(brain, hparams: dict, labels: list[str], folder: Path) -> dict:
+def export_model(brain, labels: list[str], folder: Path) -> dict:
     """Write ``model.safetensors`` (packed when quantized) + ``config.json`` (with its SHA-256)
-    into ``folder`` atomically; returns sizes in bytes and MB.
+    into ``folder`` atomically; returns sizes in bytes and MB. ``config.json``'s ``bits`` is
+    the widest index width stored (32 unquantized) and ``bit_widths`` lists every width stored.
 
     Raises:
         ValueError: if the config would not pass :func:`check_config` (e.g. repeated labels);
@@ -223,12 +250,15 @@ def export_model(brain, hparams: dict, labels: list[str], folder: Path) -> dict:
     quantizer = getattr(brain, "quantizer", None)
     quantized = quantizer is not None and quantizer.mode != "off"
     student = brain.deployable["student"]
+    widths = stored_widths(quantizer) if quantized else [32]
     config = {
         "format": MODEL_FORMAT, "version": CONFIG_VERSION, "labels": list(labels),
-        "bits": hparams["bits"] if quantized else 32, "pad_to_30s": student.pad_to_30s,
+        "bits": widths[-1], "pad_to_30s": student.pad_to_30s,
         "sampling_rate": student.frontend.sampling_rate, "student_size": student.output_size,
         "whisper_config": student.encoder.config.to_dict(),
     }
+    if quantized:
+        config["bit_widths"] = widths
     check_config({**config, "model_sha256": "0" * 64}, f"{CONFIG_FILE} for {folder}")
     sizes: dict = {}
 

@@ -21,7 +21,8 @@ the 31 MB of float32 weights.
 
 ``metadata_props`` hold ``format`` (:data:`ONNX_FORMAT`), ``format_version``, ``labels`` (JSON
 list in class-index order), ``sampling_rate`` (16000), ``min_samples``, ``max_samples`` (0: no
-limit), ``bits``, ``pad_to_30s`` and ``source_sha256`` (the export's ``model_sha256``).
+limit), ``bits`` (the widest index width), ``bit_widths`` (JSON list of every width stored, for a
+quantized export), ``pad_to_30s`` and ``source_sha256`` (the export's ``model_sha256``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from safetensors import safe_open
 
 from speechbrain_quads.codebook.packed_format import OUTLIER_INDEX_SUFFIX, OUTLIER_VALUE_SUFFIX
 from speechbrain_quads.codebook.packing import CODEBOOK_SUFFIX, FORMAT_NAME, INDICES_SUFFIX
-from speechbrain_quads.deploy.export import MODEL_FILE
+from speechbrain_quads.deploy.export import MODEL_FILE, describe_bits
 from speechbrain_quads.deploy.inference import load_export
 from speechbrain_quads.deploy.onnx_runtime import ONNX_FORMAT, READABLE_VERSIONS
 from speechbrain_quads.models.features import (
@@ -338,6 +339,8 @@ def build_graph(model: torch.nn.Module, config: dict, model_path: str | Path) ->
         "bits": str(config["bits"]), "pad_to_30s": json.dumps(pad_to_30s),
         "source_sha256": config.get("model_sha256", ""),
     }
+    if "bit_widths" in config:
+        metadata["bit_widths"] = json.dumps(config["bit_widths"])
     helper.set_model_props(onnx_model, metadata)
     onnx.checker.check_model(onnx_model, full_check=True)
     return onnx_model
@@ -350,7 +353,8 @@ def export_onnx(model_dir: str | Path, out_path: str | Path) -> dict:
     -------
     dict
         ``onnx_bytes``, ``safetensors_bytes`` (the export's ``model.safetensors``), their ratio
-        ``size_ratio``, ``bits`` and ``labels``.
+        ``size_ratio``, ``bits`` (the widest width), ``bit_widths`` (every width stored) and
+        ``labels``.
 
     Raises
     ------
@@ -375,6 +379,7 @@ def export_onnx(model_dir: str | Path, out_path: str | Path) -> dict:
     safetensors_bytes = (model_dir / MODEL_FILE).stat().st_size
     return {"onnx_bytes": onnx_bytes, "safetensors_bytes": safetensors_bytes,
             "size_ratio": onnx_bytes / safetensors_bytes, "bits": config["bits"],
+            "bit_widths": config.get("bit_widths", [config["bits"]]),
             "labels": config["labels"]}
 
 
@@ -391,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"{args.out}\t{sizes['bits']} bits\t{sizes['onnx_bytes']} bytes\t"
+    print(f"{args.out}\t{describe_bits(sizes)}\t{sizes['onnx_bytes']} bytes\t"
           f"{sizes['size_ratio']:.3f}x {MODEL_FILE} ({sizes['safetensors_bytes']} bytes)")
     return 0
 

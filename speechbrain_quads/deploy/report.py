@@ -50,7 +50,7 @@ def write_test_outputs(brain, hparams: dict, labels: list[str], test_rows: dict[
     lines = [json.dumps(prediction_line(utt_id, test_rows[utt_id], intent))
              for utt_id, intent in zip(brain.predicted_ids, predicted, strict=True)]
     write_text_atomic(output / "predictions.jsonl", "".join(line + "\n" for line in lines))
-    sizes = export_model(brain, hparams, labels, output / "model")
+    sizes = export_model(brain, labels, output / "model")
     durations = [float(row["duration"]) for row in test_rows.values()]
     summary = {"metrics": metrics, "size": sizes, "compute": compute_summary(brain, hparams,
                                                                              durations)}
