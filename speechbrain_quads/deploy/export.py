@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from speechbrain_quads.codebook.packing import FORMAT_NAME, export_packed, load_packed_into
+from speechbrain_quads.codebook.quantization import CodebookQuantizer
 
 MODEL_FORMAT = "speechbrain-quads-model"
 FLOAT_FORMAT = "float32"  # header ``format`` of an unquantized export's model.safetensors
@@ -111,7 +112,7 @@ def _check_bit_widths(widths: object, bits: int, where: str) -> None:
                          f"ending at 'bits' ({bits}), got {widths!r}")
 
 
-def stored_widths(quantizer) -> list[int]:
+def stored_widths(quantizer: CodebookQuantizer) -> list[int]:
     """The distinct index widths of ``quantizer``'s codebooks, increasing (e.g. [3, 4, 5] for
     a model given a width per tensor by ``target_mb``)."""
     return sorted({codebook.bits for _, codebook in quantizer.modules.values()})
