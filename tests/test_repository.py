@@ -1,7 +1,12 @@
-"""The repository keeps its promises to a new user: CI runs the README's test command."""
+"""The repository keeps its promises to a new user: CI runs the README's test command, and the
+extras the READMEs install exist."""
 
 import re
+from importlib import metadata
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,3 +28,36 @@ def test_ci_runs_the_readme_test_command():
     assert "pytest" in test_command
     ci_lines = (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert test_command in ci_lines
+
+
+def _documented_installs() -> list[tuple[Path, list[str], str]]:
+    """(README, extras, trailing comment) of every ``pip install -e ".[...]"`` a README shows."""
+    readmes = [REPO / "README.md", *sorted((REPO / "recipes").rglob("README.md"))]
+    return [(readme, match.group(1).split(","), match.group(2))
+            for readme in readmes
+            for match in re.finditer(r'pip install (?:-q )?-e "\.\[([\w,]+)\]"(.*)',
+                                     readme.read_text(encoding="utf-8"))]
+
+
+def test_documented_extras_exist_and_resolve_here():
+    """Every extra a README installs is one setup.py declares, every requirement of it is met in
+    this environment (CI installs the README's test extras, a superset), and a comment naming
+    an extra's packages names exactly them."""
+    dist = metadata.distribution("speechbrain-quads")
+    declared = set(dist.metadata.get_all("Provides-Extra"))
+    requires = [Requirement(line) for line in dist.requires]
+    installs = _documented_installs()
+    assert {"offline", "demo", "onnx"} <= {extra for _, extras, _ in installs for extra in extras}
+    for readme, extras, comment in installs:
+        where = readme.relative_to(REPO)
+        assert set(extras) <= declared, f"{where}: {extras} not all in {sorted(declared)}"
+        for extra in extras:
+            wanted = [r for r in requires if r.marker and r.marker.evaluate({"extra": extra})]
+            for requirement in wanted:
+                found = metadata.version(requirement.name)
+                assert requirement.specifier.contains(found, prereleases=True), (
+                    f"{where} [{extra}]: {requirement} but {found} is installed")
+            named = re.fullmatch(r"\s*#\s*([\w\-, ]+)", comment)
+            if named and len(extras) == 1:
+                names = {name.strip() for name in named.group(1).split(",")}
+                assert names == {canonicalize_name(r.name) for r in wanted}, f"{where}: {comment}"
