@@ -113,6 +113,15 @@ def test_bad_config_values_are_refused_naming_the_file_and_key(export, tmp_path,
         QuadsIntentClassifier.from_hparams(source=folder, run_opts={"device": "cpu"})
 
 
+def test_bit_widths_that_are_not_the_file_s_are_refused(export, tmp_path):
+    """config.json's ``bit_widths`` must be the widths model.safetensors stores (a float32 file:
+    none, so the key is refused there too)."""
+    folder = _copy(export, tmp_path, lambda config: config.update(bits=5, bit_widths=[4, 5]))
+    with pytest.raises(ValueError, match=r"config\.json for .*'bit_widths' is \[4, 5\], but the "
+                                         r"file stores widths \[(4)?\]"):
+        QuadsIntentClassifier.from_hparams(source=folder, run_opts={"device": "cpu"})
+
+
 def test_config_that_is_not_json_is_refused(export, tmp_path):
     folder = _copy(export, tmp_path)
     (folder / "config.json").write_text("{'labels': ")

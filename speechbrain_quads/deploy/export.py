@@ -226,6 +226,20 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     return model
 
 
+def check_stored_widths(config: dict, model_path: str | Path) -> None:
+    """ValueError naming both files unless ``config``'s ``bit_widths`` (when it has the key) are
+    the widths the loadable ``model_path`` stores (a float32 file stores none)."""
+    if "bit_widths" not in config:
+        return
+    with safe_open(model_path, framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    entries = json.loads(metadata.get("quantized", "{}")).values()
+    stored = sorted({entry["bits"] for entry in entries})
+    if stored != config["bit_widths"]:
+        raise ValueError(f"{CONFIG_FILE} for {model_path}: key 'bit_widths' is "
+                         f"{config['bit_widths']}, but the file stores widths {stored}")
+
+
 def _atomic_folder(final: Path, write: Callable[[Path], None]) -> None:
     """Run ``write(tmp_dir)`` and rename the result to ``final`` (replacing it)."""
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,7 @@ from speechbrain_quads.deploy.errors import AudioFileError
 from speechbrain_quads.deploy.export import (
     CONFIG_FILE,
     MODEL_FILE,
+    check_stored_widths,
     load_weights,
     read_config,
     verify_model_file,
@@ -141,8 +142,10 @@ def build_model(config: dict, model_path: str | Path) -> nn.ModuleDict:
         raise ValueError(f"{CONFIG_FILE} for {model_path}: whisper_config does not build a Whisper "
                          f"encoder ({error})") from None
     classifier = IntentClassifier(config["student_size"], len(config["labels"]))
-    model = nn.ModuleDict({"student": student, "classifier": classifier})
-    return load_weights(model, model_path)
+    model = load_weights(nn.ModuleDict({"student": student, "classifier": classifier}),
+                         model_path)
+    check_stored_widths(config, model_path)
+    return model
 
 
 def load_export(source: str | Path | FetchSource,
