@@ -193,51 +193,53 @@ def verify_model_file(config: dict, model_path: str | Path, config_path: str | P
                          f"one exported with this {CONFIG_FILE}")
 
 
-def _file_format(path: Path) -> str | None:
-    """The ``format`` entry of a safetensors file's header metadata (None if absent)."""
+def _file_metadata(path: Path) -> dict[str, str]:
+    """A safetensors file's header metadata (empty if it has none)."""
     try:
         with safe_open(path, framework="pt") as handle:
-            return (handle.metadata() or {}).get("format")
+            return handle.metadata() or {}
     except (SafetensorError, OSError) as error:
         raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
 
 
-def load_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
-    """Load an export's ``model.safetensors`` (packed or float32) into a plain ``model``.
+def _check_stored_widths(path: Path, metadata: dict[str, str], bit_widths: list[int]) -> None:
+    """ValueError naming both files unless the file stores exactly ``bit_widths`` (from
+    ``config.json``; a float32 file stores none)."""
+    stored = sorted({entry["bits"] for entry in json.loads(metadata.get("quantized", "{}")).values()})
+    if stored != bit_widths:
+        raise ValueError(f"{CONFIG_FILE} for {path}: key 'bit_widths' is {bit_widths}, but the "
+                         f"file stores widths {stored}")
+
+
+def load_weights(model: torch.nn.Module, path: str | Path,
+                 bit_widths: list[int] | None = None) -> torch.nn.Module:
+    """Load an export's ``model.safetensors`` (packed or float32) into a plain ``model``;
+    with ``bit_widths`` (``config.json``'s), the file must store exactly those widths.
 
     Returns:
         ``model``; packed weights hold ``codebook[indices]`` exactly.
 
     Raises:
-        ValueError: naming the file, if it is foreign, corrupt or does not fit ``model``.
+        ValueError: naming the file, if it is foreign, corrupt, does not fit ``model`` or does
+            not store ``bit_widths``.
     """
     path = Path(path)
-    found = _file_format(path)
+    metadata = _file_metadata(path)
+    found = metadata.get("format")
     if found == FORMAT_NAME:
-        return load_packed_into(model, path)
-    if found != FLOAT_FORMAT:
+        load_packed_into(model, path)
+    elif found != FLOAT_FORMAT:
         raise ValueError(f"{path}: header metadata format is {found!r}, expected {FORMAT_NAME!r} "
                          f"(packed) or {FLOAT_FORMAT!r}; not a QUADS model file")
-    try:
-        model.load_state_dict(load_file(path), strict=True)
-    except (RuntimeError, SafetensorError) as error:
-        raise ValueError(f"{path}: does not fit the model described by {CONFIG_FILE} "
-                         f"({error})") from None
+    else:
+        try:
+            model.load_state_dict(load_file(path), strict=True)
+        except (RuntimeError, SafetensorError) as error:
+            raise ValueError(f"{path}: does not fit the model described by {CONFIG_FILE} "
+                             f"({error})") from None
+    if bit_widths is not None:
+        _check_stored_widths(path, metadata, bit_widths)
     return model
-
-
-def check_stored_widths(config: dict, model_path: str | Path) -> None:
-    """ValueError naming both files unless ``config``'s ``bit_widths`` (when it has the key) are
-    the widths the loadable ``model_path`` stores (a float32 file stores none)."""
-    if "bit_widths" not in config:
-        return
-    with safe_open(model_path, framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    entries = json.loads(metadata.get("quantized", "{}")).values()
-    stored = sorted({entry["bits"] for entry in entries})
-    if stored != config["bit_widths"]:
-        raise ValueError(f"{CONFIG_FILE} for {model_path}: key 'bit_widths' is "
-                         f"{config['bit_widths']}, but the file stores widths {stored}")
 
 
 def _atomic_folder(final: Path, write: Callable[[Path], None]) -> None:

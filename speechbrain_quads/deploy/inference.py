@@ -37,7 +37,6 @@ from speechbrain_quads.deploy.errors import AudioFileError
 from speechbrain_quads.deploy.export import (
     CONFIG_FILE,
     MODEL_FILE,
-    check_stored_widths,
     load_weights,
     read_config,
     verify_model_file,
@@ -142,10 +141,8 @@ def build_model(config: dict, model_path: str | Path) -> nn.ModuleDict:
         raise ValueError(f"{CONFIG_FILE} for {model_path}: whisper_config does not build a Whisper "
                          f"encoder ({error})") from None
     classifier = IntentClassifier(config["student_size"], len(config["labels"]))
-    model = load_weights(nn.ModuleDict({"student": student, "classifier": classifier}),
-                         model_path)
-    check_stored_widths(config, model_path)
-    return model
+    return load_weights(nn.ModuleDict({"student": student, "classifier": classifier}),
+                        model_path, config.get("bit_widths"))
 
 
 def load_export(source: str | Path | FetchSource,
