@@ -336,6 +336,22 @@ def test_export_is_atomic_and_refuses_unclustered_models(tmp_path, quantized_enc
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
 
 
+def test_the_same_model_exports_to_the_same_bytes(tmp_path, quantized_encoder):
+    """safetensors writes header metadata in hash-map order, a new one per save; the export
+    sorts it, so exporting one model twice gives one file (and one SHA-256)."""
+    exports = [tmp_path / f"model{i}.safetensors" for i in range(4)]
+    for path in exports:
+        export_packed(quantized_encoder, path)
+    assert len({path.read_bytes() for path in exports}) == 1
+    length = struct.unpack("<Q", exports[0].read_bytes()[:8])[0]
+    header = json.loads(exports[0].read_bytes()[8:8 + length])
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"])
+    assert len(header["__metadata__"]) >= 4
+    with safe_open(str(exports[0]), "pt") as handle:
+        assert handle.metadata() == header["__metadata__"]
+    assert set(load_packed(exports[0])) == set(whisper_encoder(seed=0).state_dict())
+
+
 def test_outliers_are_kept_exactly_exported_and_checked(tmp_path):
     """``outlier_fraction``: the largest-magnitude weights bypass the codebook (the forward uses
     their latent values, which get the gradient there), the file stores them as int32 positions

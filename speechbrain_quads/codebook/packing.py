@@ -298,10 +298,29 @@ def export_packed(model: nn.Module, path: str | os.PathLike) -> SizeReport:
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         save_file(tensors, temporary, metadata=metadata)
+        _sort_header_metadata(temporary)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
     return _report(tensors, metadata, path.stat().st_size)
+
+
+def _sort_header_metadata(path: Path) -> None:
+    """Rewrite the safetensors file ``path``'s header in place with its metadata keys sorted.
+
+    safetensors writes ``__metadata__`` in hash-map order, which differs from one save to the
+    next; sorted, the same model always gives the same bytes. Only the order changes, so the
+    header keeps its length (the space padding to 8-byte alignment is kept)."""
+    with open(path, "r+b") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(length))
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > length:
+            raise RuntimeError(f"{path}: the sorted header ({len(text)} bytes) is longer than "
+                               f"the one safetensors wrote ({length} bytes)")
+        handle.seek(8)
+        handle.write(text.ljust(length))
 
 
 def _dequantize(
