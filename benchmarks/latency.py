@@ -4,8 +4,8 @@
     python benchmarks/latency.py [--model EXPORT_DIR] [--seconds 1 3 10] [--repeats 7]
                                  [--threads 1 2] [--json OUT.json] [--markdown OUT.md]
 
-Models, all measured in the same process, interleaved per input so that machine load affects
-them alike:
+Models, all measured in the same process, each one's forwards back to back (see
+:func:`measure`):
 
 - ``quads``: an exported QUADS model loaded through ``QuadsIntentClassifier`` (``--model``; by
   default a 4-bit export made here: the offline tiny.en student + a 12-intent head, clustered
@@ -159,8 +159,12 @@ def build_models(export: Path, work: Path, threads: list[int]) -> tuple[dict, di
 @torch.no_grad()
 def measure(torch_models: dict, sessions: dict, seconds: list[float], threads: list[int],
             repeats: int) -> list[dict]:
-    """Median latency (ms) of every model at every length, mode and thread count; timings
-    interleave the models."""
+    """Median latency (ms) of every model at every length, mode and thread count.
+
+    Each model runs its warm-up and timed forwards back to back, one model after another: with
+    2 threads, a thread pool that keeps spinning after a call (onnxruntime's by default) took a
+    core from the next model's forward when models were interleaved (a 16-ms torch forward
+    took 45 ms right after a 2-thread onnxruntime run)."""
     results = []
     for count in threads:
         torch.set_num_threads(count)
@@ -173,17 +177,16 @@ def measure(torch_models: dict, sessions: dict, seconds: list[float], threads: l
                 for (name, session_mode, session_threads), session in sessions.items():
                     if session_mode == mode and session_threads == count:
                         forwards[name] = lambda w, s=session: s.logits(w.numpy())
-                times: dict[str, list[float]] = {name: [] for name in forwards}
-                for repeat in range(repeats + 1):
-                    for name, forward in forwards.items():
+                for name, forward in forwards.items():
+                    forward(wav)
+                    times = []
+                    for _ in range(repeats):
                         start = time.perf_counter()
                         forward(wav)
-                        if repeat:
-                            times[name].append(time.perf_counter() - start)
-                for name, values in times.items():
+                        times.append(time.perf_counter() - start)
                     results.append({"model": name, "mode": mode, "seconds": length, "threads": count,
-                                    "latency_ms": 1000 * statistics.median(values),
-                                    "min_ms": 1000 * min(values)})
+                                    "latency_ms": 1000 * statistics.median(times),
+                                    "min_ms": 1000 * min(times)})
     return results
 
 
@@ -254,8 +257,9 @@ def report(output: dict, command: str) -> str:
         "# CPU latency, batch 1", "", "```bash", command, "```", "",
         f"Written by `benchmarks/latency.py` on {output['cpu']} ({output['cores']} cores); "
         f"threads {', '.join(map(str, output['threads']))} (torch and onnxruntime intra-op); "
-        f"medians of {output['repeats']} timed forwards after a warm-up, all models interleaved "
-        f"in one process. QUADS: {output['quads_export']} ({output['quads_bits']} bits, "
+        f"medians of {output['repeats']} timed forwards after a warm-up, each model's run back "
+        f"to back, one model after another, in one process. QUADS: {output['quads_export']} "
+        f"({output['quads_bits']} bits, "
         f"{output['quads_file_mb']:.2f} MiB safetensors, {output['ort_quads_file_mb']:.2f} MiB "
         f"ONNX); teacher: the Whisper base encoder alone. onnxruntime "
         f"{output['onnxruntime']}, torch {output['torch']}.", "",

@@ -224,3 +224,16 @@ def test_onnx_accuracy_benchmark_scores_every_path_on_a_recipe_test_csv(model_4b
     assert {c["a"] for c in data["comparisons"]} == {"onnx_float", "onnx_int8"}
     assert all(0.0 <= c["p_value"] <= 1.0 for c in data["comparisons"])
     assert "onnx_int8" in result.stdout
+
+
+@pytest.mark.parametrize("compute", ["float", "int8"])
+def test_spinning_off_is_set_and_changes_no_output(model_4bit, wav_files, compute):
+    """``spinning=False`` reaches onnxruntime's options; the logits are the same bits."""
+    default = OnnxIntentClassifier(model_4bit[1], threads=2, compute=compute)
+    quiet = OnnxIntentClassifier(model_4bit[1], threads=2, compute=compute, spinning=False)
+    key = "session.intra_op.allow_spinning"
+    assert quiet.session.get_session_options().get_session_config_entry(key) == "0"
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        default.session.get_session_options().get_session_config_entry(key)
+    wave = quiet.read_audio(wav_files[0])
+    np.testing.assert_array_equal(quiet.logits(wave), default.logits(wave))

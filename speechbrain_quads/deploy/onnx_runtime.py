@@ -39,13 +39,16 @@ class OnnxModelError(ValueError):
 
 
 def session_options(threads: int | None = None,
-                    level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                    ) -> ort.SessionOptions:
+                    level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                    spinning: bool = True) -> ort.SessionOptions:
     """onnxruntime options: ``threads`` intra-op threads (None: onnxruntime's default), one
-    inter-op thread, sequential execution, graph optimisation ``level``."""
+    inter-op thread, sequential execution, graph optimisation ``level``; ``spinning`` False
+    stops the intra-op threads from busy-waiting for the next call after each one."""
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = level
@@ -105,6 +108,10 @@ class OnnxIntentClassifier:
     compute : str
         ``"float"`` (codebook weights rebuilt at session start, float32 compute) or ``"int8"``
         (see :func:`int8_model`).
+    spinning : bool
+        True (onnxruntime's default): after each call the intra-op threads busy-wait a while
+        for the next one, which speeds up back-to-back calls. False: they sleep at once, which
+        leaves the cores to the rest of the application between utterances.
 
     Raises
     ------
@@ -114,13 +121,15 @@ class OnnxIntentClassifier:
         Naming the file: not ONNX, truncated, or an ONNX model that is not a QUADS classifier.
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None, compute: str = "float"):
+    def __init__(self, path: str | Path, threads: int | None = None, compute: str = "float",
+                 spinning: bool = True):
         if compute not in COMPUTE:
             raise ValueError(f"compute must be one of {COMPUTE}, got {compute!r}")
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such ONNX model file")
-        session = _session(str(self.path), session_options(threads), self.path)
+        session = _session(str(self.path), session_options(threads, spinning=spinning),
+                           self.path)
         meta = session.get_modelmeta().custom_metadata_map
         if meta.get("format") != ONNX_FORMAT:
             raise OnnxModelError(f"{self.path}: an ONNX model without {ONNX_FORMAT!r} metadata "
@@ -140,7 +149,8 @@ class OnnxIntentClassifier:
         self.bits = meta.get("bits")
         self.compute = compute
         if compute == "int8":
-            session = _session(int8_model(self.path, threads), session_options(threads), self.path)
+            session = _session(int8_model(self.path, threads),
+                               session_options(threads, spinning=spinning), self.path)
         self.session = session
 
     def logits(self, waveform: np.ndarray) -> np.ndarray:
