@@ -21,16 +21,18 @@ picks a knob. ``--valid-dir`` scores on another SLURP-layout folder's ``devel.js
 the corpus' valid split: the same valid lines spoken by other voices
 (``generate.py slurp-text-valid``), a larger screening set than the corpus' own.
 
-``--study NAME`` screens every variant of a preset (:data:`STUDIES`) not yet in the output, one
-after the other: ``schedule`` is the paper's third open question at 4 bits (MCT rounds 3 and 7
-with 1-epoch phases, 3 rounds of 2-epoch phases, under today's 4-bit defaults; 5 rounds of 1
-epoch is ``quads4_qdw1_g3``); ``codebook`` the fp student's knobs (probe-initialised
-head, logit distillation), then, on the probe-initialised head, the codebook knobs of issue 13
-against the defaults before and after quantization-aware distillation, and 2- and 8-bit runs.
+``--study NAME`` screens every variant of a preset (:data:`STUDIES`) that the output does not
+hold for this corpus generation and valid set, one after the other: ``schedule`` is the
+paper's third open question at 4 bits (MCT rounds 3 and 7 with 1-epoch phases, 3 rounds of
+2-epoch phases, under today's 4-bit defaults; 5 rounds of 1 epoch is ``quads4_qdw1_g3``);
+``codebook`` the fp student's knobs (probe-initialised head, logit distillation), then, on
+the probe-initialised head, the codebook knobs of issue 13 against the defaults before and
+after quantization-aware distillation, and 2- and 8-bit runs.
 ``--table`` prints every row with exact McNemar p-values against ``--baselines``.
 
 Rows go to ``--output`` (default ``benchmarks/screening.json``, merged under a lock, written as
-each run finishes, so screens can run side by side and across sittings): ``name``, ``hparams``
+each run finishes, so screens can run side by side and across sittings; a row replaces only the
+row of its name, corpus generation and valid set): ``name``, ``hparams``
 (None for a ``--from-run`` row: the table names its run folder), ``overrides``, ``seed``,
 ``corpus_sha256`` (the generation: another CPU's equivalent files, verified by ``run.py``, count
 as the table's, see ``--results``), ``valid_accuracy``,
@@ -199,9 +201,9 @@ def screen(args: argparse.Namespace) -> dict:
                        *args.overrides]))
         seconds = time.perf_counter() - start
     model, labels = methods.load_student(run)
-    valid_sha256 = csv_valid = None
+    files_sha256, generation, valid_sha256 = screened_set(args)
+    csv_valid = None
     if args.valid_dir is not None:
-        valid_sha256 = hashlib.sha256((args.valid_dir / "devel.jsonl").read_bytes()).hexdigest()
         csv_valid = methods.prepare_valid(args.valid_dir, args.work / f"valid-{valid_sha256[:8]}",
                                           labels)
     datasets, _ = methods.run_datasets(run, csv_valid)
@@ -209,8 +211,6 @@ def screen(args: argparse.Namespace) -> dict:
     sentence = sentence_of_recording(args.valid_dir or corpus)
     test = methods.recipe_correctness(run)
     right, n = sum(valid["correct"].values()), len(valid["correct"])
-    files_sha256 = report.corpus_sha256(corpus)
-    generation = report.generation(report.load(args.results), files_sha256)
     row = {"name": args.name, "hparams": args.hparams, "overrides": args.overrides,
            "from_run": str(args.from_run) if args.from_run else None, "seed": args.seed,
            "corpus": str(corpus), "corpus_sha256": generation,
@@ -222,17 +222,18 @@ def screen(args: argparse.Namespace) -> dict:
            "valid_sha256": valid_sha256, "train_seconds": seconds,
            "valid_correct": _bits(valid["correct"]), "test_correct": _bits(test["correct"])}
     with report.locked(args.output):
-        rows = [r for r in load(args.output) if r["name"] != args.name] + [row]
+        rows = [r for r in load(args.output)
+                if (r["name"], *_set_of(r)) != (args.name, generation, valid_sha256)] + [row]
         for one in rows:
             clusters = dict(enumerate(one["valid_sentence"].split())) if "valid_sentence" in one \
                 else None
+            paired = [other for other in rows
+                      if other is not one and _set_of(other) == _set_of(one)]
             one["vs"] = {other["name"]: compare(_map(one), _map(other)).p_value
-                         for other in rows if other is not one
-                         and other["corpus_sha256"] == one["corpus_sha256"]
-                         and other.get("valid_sha256") == one.get("valid_sha256")}
+                         for other in paired}
             one["vs_by_sentence"] = {
                 other["name"]: compare_by_cluster(_map(one), _map(other), clusters)
-                for other in rows if clusters is not None and other["name"] in one["vs"]
+                for other in paired if clusters is not None
                 and other.get("valid_sentence") == one["valid_sentence"]}
         report.write_atomic(args.output, json.dumps(rows, indent=1) + "\n")
     print(f"[screen] {args.name}: valid {100 * row['valid_accuracy']:.2f} % "
@@ -254,6 +255,22 @@ def sentence_of_recording(folder: Path) -> dict[str, int]:
                 raise ValueError(f"{path}, line {number}: no slurp_id or recording file "
                                  f"({error!r})") from None
     return found
+
+
+def screened_set(args: argparse.Namespace) -> tuple[str, str, str | None]:
+    """(SHA-256 of ``--corpus-dir``'s files, the corpus generation they count as, SHA-256 of
+    ``--valid-dir``'s ``devel.jsonl`` or None): a row pairs only with rows of the same
+    generation and valid set, and a name is one variant within them."""
+    files_sha256 = report.corpus_sha256(args.corpus_dir.resolve())
+    generation = report.generation(report.load(args.results), files_sha256)
+    valid_sha256 = (hashlib.sha256((args.valid_dir / "devel.jsonl").read_bytes()).hexdigest()
+                    if args.valid_dir is not None else None)
+    return files_sha256, generation, valid_sha256
+
+
+def _set_of(row: dict) -> tuple[str, str | None]:
+    """A row's (corpus generation, valid set SHA-256 or None)."""
+    return row["corpus_sha256"], row.get("valid_sha256")
 
 
 def _map(row: dict) -> dict[int, int]:
@@ -290,11 +307,13 @@ def markdown(rows: list[dict], baselines: tuple[str, ...] = BASELINES) -> str:
 
 
 def study(args: argparse.Namespace) -> None:
-    """Screen the preset's variants that the output does not hold yet, in order."""
-    done = {row["name"] for row in load(args.output)}
+    """Screen the preset's variants that the output does not hold yet for this corpus
+    generation and valid set, in order (a row of another corpus does not count)."""
+    _, generation, valid_sha256 = screened_set(args)
+    done = {row["name"] for row in load(args.output) if _set_of(row) == (generation, valid_sha256)}
     for name, hparams, overrides in STUDIES[args.study]:
         if name in done:
-            print(f"[screen] {name}: in {args.output}", flush=True)
+            print(f"[screen] {name}: in {args.output} for this corpus and valid set", flush=True)
             continue
         screen(argparse.Namespace(**{**vars(args), "name": name, "hparams": hparams,
                                      "overrides": overrides, "from_run": None}))

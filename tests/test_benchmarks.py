@@ -581,6 +581,15 @@ def test_screen_scores_on_a_second_valid_set(quick, tmp_path):
     assert rows["fp"]["vs_by_sentence"] == {}
     assert rows["fp_klatt"]["test_correct"] == rows["fp"]["test_correct"]
 
+    _run("benchmarks/screen.py", "--corpus-dir", str(corpus), "--name", "fp", "--from-run", fp_run,
+         "--output", str(output), "--work", str(tmp_path / "work"), "--valid-dir", str(again),
+         timeout=300)
+    named_fp = [row for row in json.loads(output.read_text()) if row["name"] == "fp"]
+    assert [row["valid_set"] for row in named_fp] == [None, str(again.resolve())]
+    assert named_fp[0]["valid_correct"] == rows["fp"]["valid_correct"]
+    assert named_fp[1]["valid_correct"] == rows["fp_klatt"]["valid_correct"]
+    assert named_fp[0]["vs"] == {} and set(named_fp[1]["vs"]) == {"fp_klatt", "quads_klatt"}
+
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "devel.jsonl").write_text("\n".join(
@@ -592,6 +601,30 @@ def test_screen_scores_on_a_second_valid_set(quick, tmp_path):
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert f"{bad / 'devel.jsonl'}: " in result.stderr and "never trained on" in result.stderr
+
+
+def test_a_study_skips_only_variants_screened_on_this_corpus_and_valid_set(quick, tmp_path,
+                                                                           monkeypatch):
+    """``--study`` trains what the output lacks for this corpus generation and valid set: a
+    row of the same name measured on another corpus, or on another valid set, does not count."""
+    import screen  # benchmarks/screen.py
+
+    _, work, _ = quick
+    output = tmp_path / "screening.json"
+    args = screen.parse_args(["--corpus-dir", str(work / "corpus"), "--study", "schedule",
+                              "--output", str(output)])
+    _, generation, _ = screen.screened_set(args)
+    output.write_text(json.dumps([
+        {"name": "schedule_mct3", "corpus_sha256": generation, "valid_sha256": None},
+        {"name": "schedule_mct7", "corpus_sha256": "another corpus", "valid_sha256": None},
+        {"name": "schedule_mct3_2epoch", "corpus_sha256": generation, "valid_sha256": "other"},
+    ]))
+    trained = []
+    monkeypatch.setattr(screen, "screen", lambda variant: trained.append(
+        (variant.name, variant.hparams, variant.overrides)))
+    screen.study(args)
+    assert trained == [(name, hparams, overrides) for name, hparams, overrides
+                       in screen.STUDIES["schedule"] if name != "schedule_mct3"]
 
 
 def test_rows_and_runs_follow_their_recipe_file(quick, tmp_path):
