@@ -1,6 +1,7 @@
-"""The repository keeps its promises to a new user: CI runs the README's test command, and the
-extras the READMEs install exist."""
+"""The repository keeps its promises to a new user: CI runs the README's test command, the
+extras the READMEs install exist, and README's summary of the results is the committed one."""
 
+import json
 import re
 from importlib import metadata
 from pathlib import Path
@@ -61,3 +62,19 @@ def test_documented_extras_exist_and_resolve_here():
             if named and len(extras) == 1:
                 names = {name.strip() for name in named.group(1).split(",")}
                 assert names == {canonicalize_name(r.name) for r in wanted}, f"{where}: {comment}"
+
+
+def test_readme_glance_figures_are_the_committed_results():
+    """Every interval and p-value in README's "At a glance" table is one that
+    ``benchmarks/results.md`` states, and the k-means ratio is ``quantization.json``'s worst."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    glance = readme.split("### At a glance", 1)[1].split("\n### ", 1)[0]
+    results = (REPO / "benchmarks" / "results.md").read_text(encoding="utf-8")
+    intervals = re.findall(r"[+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]", glance)
+    p_values = re.findall(r"p = ([0-9.e-]+)\)", glance)
+    assert len(intervals) == 4 and len(p_values) == 6
+    assert [i for i in intervals if i not in results] == []
+    assert [p for p in p_values if f"| {p} |" not in results] == []
+    ratios = json.loads((REPO / "benchmarks" / "quantization.json").read_text())
+    worst = max(entry["ratio"] for entry in ratios["kmeans_sse_ratio"]["optimal"].values())
+    assert f"worst ratio {worst:.4f}" in glance
