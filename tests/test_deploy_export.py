@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -178,3 +179,30 @@ def test_export_refuses_repeated_labels_and_writes_nothing(tiny_dir, tmp_path):
         export_model(SimpleNamespace(deployable=_model(tiny_dir)),
                      ["stop", "go", "stop"], tmp_path / "model")
     assert not (tmp_path / "model").exists()
+
+
+def test_a_failed_re_export_keeps_the_previous_model(export, tiny_dir, tmp_path, monkeypatch):
+    """Re-exporting over a model folder: if putting the new folder in place fails, the old
+    folder is back at its path, byte for byte, and nothing else is left beside it."""
+    import speechbrain_quads.deploy.export as export_module
+
+    folder = _copy(export, tmp_path)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    rename = os.rename
+
+    def fail_on_the_new_folder(source, target):
+        if Path(target) == folder and ".old" not in Path(source).name:
+            raise OSError("disk full")
+        rename(source, target)
+
+    other = _model(tiny_dir)
+    torch.nn.init.constant_(other["classifier"].linear.weight, 0.5)
+    monkeypatch.setattr(export_module.os, "rename", fail_on_the_new_folder)
+    with pytest.raises(OSError, match="disk full"):
+        export_model(SimpleNamespace(deployable=other), LABELS, folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]
+    monkeypatch.undo()
+    export_model(SimpleNamespace(deployable=other), LABELS, folder)
+    assert (folder / "model.safetensors").read_bytes() != before["model.safetensors"]
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]

@@ -7,16 +7,35 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import WhisperModel
 
 from speechbrain_quads.evaluation.profiling import (
     WHISPER_ENCODERS,
     encoder_profile_on_meta,
+    gmacs,
     whisper_encoder_config,
     whisper_encoder_gmacs_formula,
 )
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def test_gmacs_feeds_the_model_on_its_own_device():
+    """The summary's GMACs count builds its input where the model lives, not on the default
+    device (which crashed the recipes' last step after GPU training): with another default
+    device, a CPU model is counted the same."""
+    from speechbrain_quads.models.heads import IntentClassifier
+    from speechbrain_quads.models.whisper import WhisperStudent
+
+    student = WhisperStudent.from_config({"d_model": 64, "encoder_layers": 1,
+                                          "encoder_attention_heads": 2, "encoder_ffn_dim": 128,
+                                          "num_mel_bins": 80, "max_source_positions": 1500})
+    head = IntentClassifier(student.output_size, 5)
+    expected = gmacs(student, 1.0, head)
+    with torch.device("meta"):
+        assert gmacs(student, 1.0, head) == expected
+    assert expected > whisper_encoder_gmacs_formula(64, 1, 128, 80, frames=100)  # + front end
 
 
 @pytest.mark.parametrize("name", ["tiny", "medium", "large-v3"])

@@ -243,16 +243,27 @@ def load_weights(model: torch.nn.Module, path: str | Path,
 
 
 def _atomic_folder(final: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp_dir)`` and rename the result to ``final`` (replacing it)."""
+    """Run ``write(tmp_dir)`` and rename the result to ``final``, replacing it.
+
+    A folder already at ``final`` is renamed aside first and deleted only once the new one is
+    in place; if that rename fails it is renamed back. So a failure leaves a whole folder at
+    ``final`` (the old one or the new), never none."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    aside = tmp.with_name(tmp.name + ".old")
     try:
         write(tmp)
         if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+            os.rename(final, aside)
+        try:
+            os.rename(tmp, final)
+        except BaseException:
+            if aside.exists():
+                os.rename(aside, final)
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def export_model(brain, labels: list[str], folder: Path) -> dict:

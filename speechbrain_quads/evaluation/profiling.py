@@ -45,13 +45,14 @@ def gmacs(module: torch.nn.Module, seconds: float, *extra_modules: torch.nn.Modu
     float
         GMACs (1e9 multiply-accumulates).
     """
-    wav = torch.zeros(1, max(int(seconds * SAMPLE_RATE), 400))
+    weight = next(module.parameters())
+    wav = torch.zeros(1, max(int(seconds * SAMPLE_RATE), 400), device=weight.device)
     wav[0, ::7] = 0.1  # not silence: keeps every code path of the front end realistic
     was_training = module.training
     module.eval()
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), eager_attention(module.encoder), counter:
-        hidden, lens = module(wav, torch.ones(1))
+        hidden, lens = module(wav, torch.ones(1, device=weight.device))
         for head in extra_modules:
             head(hidden[-1], lens)
     module.train(was_training)
