@@ -310,6 +310,35 @@ def test_centroid_distance():
     assert quantizer.centroid_distance().item() == 0.0
 
 
+def test_centroid_distance_leaves_out_the_weights_kept_exactly():
+    """An outlier has no centroid: it adds nothing to the distance or its mean, and its
+    latent value pulls no centroid (the centroid gradients are those of the other weights)."""
+    model = make_model()
+    quantizer = quantize_(model, QuantizationConfig(bits=2, outlier_fraction=0.05))
+    squared, count = 0.0, 0
+    for module, codebook in quantizer.modules.values():
+        latent = module.parametrizations["weight"].original.detach().reshape(-1)
+        kept = torch.ones_like(latent, dtype=torch.bool)
+        kept[codebook.outlier_index] = False
+        assert 0 < codebook.outliers == int((~kept).sum())
+        squared += (latent - codebook.quantized().detach().reshape(-1))[kept].square().sum().item()
+        count += int(kept.sum())
+    distance = quantizer.centroid_distance()
+    assert distance.item() == pytest.approx(squared / count, rel=1e-5)
+    distance.backward()
+    module, codebook = quantizer.modules["fc1"]
+    latent = module.parametrizations["weight"].original
+    assert torch.all(latent.grad.reshape(-1)[codebook.outlier_index] == 0)
+    moved = latent.detach().clone().reshape(-1)
+    moved[codebook.outlier_index] *= 10  # only the outliers move: no centroid gradient changes
+    gradients = codebook.centroids.grad.clone()
+    codebook.centroids.grad = None
+    with torch.no_grad():
+        latent.copy_(moved.view_as(latent))
+    quantizer.centroid_distance().backward()
+    assert torch.allclose(codebook.centroids.grad * count, gradients * count, atol=1e-6)
+
+
 class WithEmbedding(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -366,21 +366,22 @@ class CodebookQuantizer:
         """Mean squared distance between latent weights and their assigned centroids.
 
         Returns:
-            a differentiable 0-dim tensor (weight units squared), averaged over every quantized
-            weight element; gradients reach the latent weights and (unless mode is ``frozen``)
-            the centroids.
+            a differentiable 0-dim tensor (weight units squared), averaged over every weight a
+            codebook stands for: the weights kept exactly (``outlier_fraction``) have no
+            centroid, so they count neither in the sum nor in the mean, and pull no centroid.
+            Gradients reach the latent weights and (unless mode is ``frozen``) the centroids.
         """
         self._require_clustered("centroid_distance")
         total = None
         count = 0
         for module, codebook in self.modules.values():
             latent = module.parametrizations["weight"].original
-            assigned = codebook.quantized()
+            assigned = codebook.with_outliers(codebook.quantized(), latent)
             if self.mode == "frozen":
                 assigned = assigned.detach()
             squared = (latent - assigned).square().sum()
             total = squared if total is None else total + squared
-            count += latent.numel()
+            count += latent.numel() - codebook.outliers
         return total / count
 
 
