@@ -198,3 +198,17 @@ def test_head_trains_and_ignores_padding():
     assert torch.allclose(head(changed, lens)[1], logits[1])
     with pytest.raises(ValueError, match="n_intents"):
         IntentClassifier(8, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_log_mel_is_float32_under_autocast(dtype):
+    """``--precision=fp16/bf16`` runs the forward under autocast: the front end still computes
+    in float32, so a near-silent clip keeps finite features, equal to those evaluation sees."""
+    frontend = WhisperLogMel()
+    wav = torch.zeros(1, 16000)
+    wav[0, 4000:4400] = 1e-5 * torch.randn(400, generator=torch.Generator().manual_seed(0))
+    expected, frames = frontend(wav)
+    with torch.autocast("cpu", dtype=dtype):
+        mel, same_frames = frontend(wav)
+    assert torch.isfinite(mel).all() and torch.equal(mel, expected)
+    assert torch.equal(frames, same_frames)

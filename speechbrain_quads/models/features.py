@@ -94,10 +94,14 @@ class WhisperLogMel(nn.Module):
         return wavs.float(), samples
 
     def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
-        """One utterance (T,) at 16 kHz -> normalised log-mel (n_mels, T // 160)."""
-        spec = torch.stft(wav, N_FFT, HOP_LENGTH, window=self.window, return_complex=True)
-        power = spec[:, :-1].abs() ** 2
-        log_spec = torch.clamp(self.mel_filters @ power, min=1e-10).log10()
+        """One utterance (T,) at 16 kHz -> normalised log-mel (n_mels, T // 160), in float32
+        under any autocast (``--precision=fp16``): in half precision the mel energies of quiet
+        frames underflow to 0 and their log to -inf, and training would see other features
+        than evaluation."""
+        with torch.autocast(device_type=wav.device.type, enabled=False):
+            spec = torch.stft(wav, N_FFT, HOP_LENGTH, window=self.window, return_complex=True)
+            power = spec[:, :-1].abs() ** 2
+            log_spec = torch.clamp(self.mel_filters @ power, min=1e-10).log10()
         log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
         return (log_spec + 4.0) / 4.0
 
