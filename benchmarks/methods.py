@@ -223,7 +223,7 @@ def kmeans_ptq_sensitive(fp_run: Path, bits: int, out_dir: Path, samples: int, s
     extra = {}
     if mixed:
         target = (fixed_bytes(quantizer) + sum(
-            tensor_bytes(c.indices.numel(), c.groups, bits, c.centroids.element_size())
+            tensor_bytes(c.indices.numel(), c.groups, bits)
             for _, c in quantizer.modules.values())) / MB
         extra = {"widths": allocation_for_target(quantizer, sensitivity, target),
                  "target_mb": target}

@@ -337,7 +337,7 @@ def test_size_target_gives_mixed_widths_that_fit_and_survive_resume(tmp_path, co
     overrides = {"mct_iterations": 1, "final_quant_epochs": 0}
     probe, _ = make_brain(tmp_path / "probe", tiny_dir, base_dir, overrides)
     target = (fixed_bytes(probe.quantizer) + sum(
-        tensor_bytes(c.indices.numel(), c.groups, 3, 4)
+        tensor_bytes(c.indices.numel(), c.groups, 3)
         for _, c in probe.quantizer.modules.values())) / 2**20
     settings = {**overrides, "target_mb": target, "sensitivity_samples": 4}
     brain, hparams = make_brain(tmp_path / "run", tiny_dir, base_dir, settings)

@@ -563,6 +563,32 @@ def test_squared_gradients_and_sensitivity_weighted_clustering():
         quantizer.cluster(sensitivity={"nothing": totals["fc1"]})
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_target_size_counts_the_file_s_float32_codebooks(tmp_path, dtype):
+    """The packed file stores float32 codebooks whatever the weights' dtype: a bf16 model's
+    widths fit the target too (counting 2-byte entries, they overshot it by 16 %), and a
+    clustered quantizer is given the same widths as before clustering."""
+    from speechbrain_quads.codebook.allocation import allocation_for_target
+    from speechbrain_quads.codebook.packing import export_packed
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.Linear(256, 256), nn.Linear(256, 64)).to(dtype)
+    quantizer = CodebookQuantizer(QuantizationConfig(bits=4, init="linear",
+                                                     granularity="per_group", group_size=16))
+    quantizer.prepare(model)
+    generator = torch.Generator().manual_seed(1)
+    sensitivity = {name: torch.rand(module.parametrizations["weight"].original.shape,
+                                    generator=generator)
+                   for name, (module, _) in quantizer.modules.items()}
+    target_mb = 0.065
+    widths = allocation_for_target(quantizer, sensitivity, target_mb, candidate_bits=(2, 4, 8))
+    assert len(set(widths.values())) > 1
+    quantizer.set_bits(widths)
+    quantizer.cluster()
+    assert allocation_for_target(quantizer, sensitivity, target_mb, (2, 4, 8)) == widths
+    assert export_packed(model, tmp_path / "m.safetensors").packed_bytes <= target_mb * 2**20
+
+
 def test_mixed_widths_export_and_reload_exactly(tmp_path):
     """``module_bits`` gives modules their own widths; the packed file holds them and reloads
     bit-exactly; the file size is the fixed part plus each tensor's b-bit indices and codebook."""
@@ -579,7 +605,7 @@ def test_mixed_widths_export_and_reload_exactly(tmp_path):
     assert all(codebook.quantized().unique().numel() <= 2**codebook.bits
                for _, codebook in quantizer.modules.values())
     report = export_packed(model, tmp_path / "mixed.safetensors")
-    expected = fixed + sum(tensor_bytes(c.indices.numel(), c.groups, c.bits, 4)
+    expected = fixed + sum(tensor_bytes(c.indices.numel(), c.groups, c.bits)
                            for _, c in quantizer.modules.values())
     assert abs(report.packed_bytes - expected) <= 16  # header digits only
     loaded = load_packed_into(make_model(seed=5), tmp_path / "mixed.safetensors")
@@ -672,5 +698,6 @@ def test_allocation_errors_leave_out_the_weights_kept_exactly():
     for name, (module, codebook) in quantizer.modules.items():
         assert codebook.outliers == round(0.02 * module.weight.numel())
         latent = module.parametrizations["weight"].original.detach()
-        made = float((sensitivity[name].double() * (latent - module.weight).double().square()).sum())
+        error = (latent - module.weight.detach()).double().square()
+        made = float((sensitivity[name].double() * error).sum())
         assert made == pytest.approx(errors[name][3], rel=1e-6)

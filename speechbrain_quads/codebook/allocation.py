@@ -28,9 +28,10 @@ MAX_UNITS = 1_000_000
 """Largest byte budget, in search units, that :func:`allocate_bits` tabulates."""
 
 
-def tensor_bytes(numel: int, groups: int, bits: int, codebook_bytes: int = 4) -> int:
-    """Packed bytes of one quantized tensor: its b-bit indices and its codebooks' entries."""
-    return math.ceil(numel * bits / 8) + groups * 2**bits * codebook_bytes
+def tensor_bytes(numel: int, groups: int, bits: int) -> int:
+    """Packed bytes of one quantized tensor: its b-bit indices and its codebooks' entries, 4
+    bytes each (the packed file stores float32 codebooks whatever the weight's dtype)."""
+    return math.ceil(numel * bits / 8) + groups * 2**bits * 4
 
 
 def quantization_errors(quantizer: CodebookQuantizer, sensitivity: Mapping[str, torch.Tensor],
@@ -59,17 +60,18 @@ def quantization_errors(quantizer: CodebookQuantizer, sensitivity: Mapping[str, 
 
 def fixed_bytes(quantizer: CodebookQuantizer) -> int:
     """Packed bytes of everything but the quantized tensors' indices and codebooks (the other
-    tensors, the header): the file size of a 1-bit copy of the quantizer's model minus its
-    quantized tensors' bytes."""
+    tensors, the header): the file size of a 1-bit copy of the quantizer's model (clustered or
+    not) minus its quantized tensors' bytes."""
     copied = copy.deepcopy(quantizer.model)
     quantized = quantized_modules(copied)
     for position, (module, codebook) in enumerate(quantized.values()):
+        codebook.clustered.zero_()  # the copy is fitted again, at 1 bit
         codebook.resize(1)
         codebook.fit(module.parametrizations["weight"].original,
                      **quantizer.config.kmeans_settings(), seed=position)
     return size_report(copied).packed_bytes - sum(
-        tensor_bytes(codebook.indices.numel(), codebook.groups, 1,
-                     codebook.centroids.element_size()) for _, codebook in quantized.values())
+        tensor_bytes(codebook.indices.numel(), codebook.groups, 1)
+        for _, codebook in quantized.values())
 
 
 def allocate_bits(errors: Mapping[str, Mapping[int, float]], sizes: Mapping[str, Mapping[int, int]],
@@ -129,8 +131,7 @@ def allocation_for_target(quantizer: CodebookQuantizer,
     packed file takes at most ``target_mb`` MiB, the sensitivity-weighted error minimised."""
     budget = int(target_mb * 2**20) - fixed_bytes(quantizer)
     errors = quantization_errors(quantizer, sensitivity, candidate_bits)
-    sizes = {name: {bits: tensor_bytes(codebook.indices.numel(), codebook.groups, bits,
-                                       codebook.centroids.element_size())
+    sizes = {name: {bits: tensor_bytes(codebook.indices.numel(), codebook.groups, bits)
                     for bits in candidate_bits}
              for name, (_, codebook) in quantizer.modules.items()}
     return allocate_bits(errors, sizes, budget)
