@@ -441,6 +441,19 @@ def test_length_changing_augmentation_is_refused(tmp_path, corpus, tiny_dir, bas
     assert torch.isfinite(brain.modules.distill(hidden, teacher, lens))
 
 
+def test_audio_the_front_end_refuses_is_named_by_its_utterance_id(tmp_path, corpus, tiny_dir,
+                                                                  base_dir):
+    """A recording that passed preparation but cannot be featurised (float samples holding
+    NaN) stops the step with an error that names the batch's utterance IDs in order."""
+    brain, _ = make_brain(tmp_path, tiny_dir, base_dir)
+    items = [dict(corpus[1][i]) for i in range(3)]
+    items[1]["sig"] = torch.full_like(items[1]["sig"], float("nan"))
+    batch = PaddedBatch(items)
+    ids = ", ".join(item["id"] for item in items)
+    with pytest.raises(ValueError, match=rf"utterance 1 of the batch contains NaN .*in order: {ids}\)"):
+        brain.compute_forward(batch, sb.Stage.VALID)
+
+
 def test_two_process_ddp_run_ends_with_identical_weights(tmp_path, corpus, tiny_dir, base_dir):
     script = Path(__file__).parent / "ddp_train.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -138,6 +138,7 @@ def first_test_recording(folder: Path) -> Path:
     ("corrupt", "unreadable or corrupt audio file: .*{name}"),
     ("empty", "empty audio file .*{name}"),
     ("short", r"audio too short \(10.0 ms < 25 ms\): .*{name}"),
+    ("long", r"audio too long \(30.01 s > 30 s, Whisper's window\): .*{name}"),
     ("8khz", "audio at 8000 Hz, expected 16000 Hz: .*{name}"),
 ])
 def test_slurp_bad_audio_is_named_and_nothing_is_written(slurp_folder, tmp_path, damage, message):
@@ -153,6 +154,8 @@ def test_slurp_bad_audio_is_named_and_nothing_is_written(slurp_folder, tmp_path,
         target.write_bytes(b"")
     elif damage == "short":
         soundfile.write(target, torch.zeros(160).numpy(), 16000)
+    elif damage == "long":
+        soundfile.write(target, torch.zeros(16000 * 30 + 160).numpy(), 16000)
     else:
         soundfile.write(target, torch.zeros(8000).numpy(), 8000)
     with pytest.raises(DataPreparationError, match=message.format(name=target.name)):

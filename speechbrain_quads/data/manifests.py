@@ -27,6 +27,8 @@ MARKER = "prepare_options.json"
 MAX_LISTED = 10
 SAMPLE_RATE = 16000
 MIN_SECONDS = 0.025
+MAX_SECONDS = 30.0
+"""Whisper's window: its encoder has positions for 30 s of audio at most."""
 
 
 class DataPreparationError(ValueError):
@@ -34,7 +36,7 @@ class DataPreparationError(ValueError):
 
 
 def audio_duration(path: Path) -> float:
-    """Duration in seconds of a readable 16-kHz audio file of at least 25 ms; raises naming it."""
+    """Duration in seconds of a readable 16-kHz audio file of 25 ms to 30 s; raises naming it."""
     if not path.is_file():
         raise DataPreparationError(f"missing audio file: {path}")
     if path.stat().st_size == 0:
@@ -53,6 +55,10 @@ def audio_duration(path: Path) -> float:
     if seconds < MIN_SECONDS:
         raise DataPreparationError(
             f"audio too short ({1000 * seconds:.1f} ms < {1000 * MIN_SECONDS:.0f} ms): {path}")
+    if seconds > MAX_SECONDS:
+        raise DataPreparationError(
+            f"audio too long ({seconds:.2f} s > {MAX_SECONDS:.0f} s, Whisper's window): {path} "
+            "(split or trim it)")
     return seconds
 
 

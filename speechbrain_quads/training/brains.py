@@ -172,7 +172,11 @@ class DistillationBrain(PhaseBrain):
             if student_wavs.shape[0] != wavs.shape[0]:
                 raise ValueError("augmentation must keep the batch size (teacher features and "
                                  "labels are per clean utterance)")
-        out = self.encode(student_wavs, student_lens, stage)
+        try:
+            out = self.encode(student_wavs, student_lens, stage)
+        except ValueError as error:  # the front end's "utterance i of the batch ...": name it
+            raise ValueError(f"{error} (this batch's utterances, in order: "
+                             f"{', '.join(batch.id)})") from error
         if self.needs_teacher(stage):
             frames = torch.round(out.lens * out.hidden.shape[2]).long().tolist()
             out = out._replace(teacher=self.teacher_features(batch.id, wavs, lens, frames,
