@@ -291,6 +291,10 @@ def test_commit_and_finalize():
     assert torch.equal(model(data[0]), quantized)
     with pytest.raises(RuntimeError, match="prepare"):
         quantizer.cluster()
+    quantizer.prepare(model)  # as the message says: prepare again after finalize()
+    quantizer.cluster()
+    assert all(codebook.quantized().unique().numel() <= 2**3
+               for _, codebook in quantizer.modules.values())
 
 
 def test_centroid_distance():

@@ -354,13 +354,15 @@ class CodebookQuantizer:
         """Replace every parametrized weight by its plain quantized value and detach.
 
         The ``weight`` parameter objects are kept (optimizers stay valid); the model then holds
-        at most 2**bits distinct values per codebook and no quantizer state.
+        at most 2**bits distinct values per codebook and no quantizer state, and the quantizer
+        can be prepared again (on this model or another).
         """
         self._require_clustered("finalize")
         self.set_mode("frozen")
         for module, _ in self.modules.values():
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
         self.modules = {}
+        self.model = None
 
     def centroid_distance(self) -> torch.Tensor:
         """Mean squared distance between latent weights and their assigned centroids.

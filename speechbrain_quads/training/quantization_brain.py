@@ -27,8 +27,10 @@ class QuantizationBrain(PhaseBrain):
 
     hparams used: ``quantizer`` (CodebookQuantizer, prepared here), ``quant_opt_class``
     (``!name:`` optimizer taking param groups), ``quant_lr`` (codebooks and the other body
-    tensors) and optional ``quant_lr_head`` (``HEAD_MODULES``), both with cosine decay over each
-    quantization phase, and ``centroid_weight``. Optional: ``sensitivity_samples`` (default 0:
+    tensors) and optional ``quant_lr_head`` (``HEAD_MODULES``), both decayed along a cosine
+    over each quantization phase, set once per epoch (epoch e of E runs at
+    ``0.5 * (1 + cos(pi * (e - 1) / E))`` of the rate, so a 1-epoch phase keeps the full rate),
+    and ``centroid_weight``. Optional: ``sensitivity_samples`` (default 0:
     the first clustering is plain k-means; N: k-means weighted by squared gradients of the
     validation loss over N training recordings) and ``target_mb`` (default null: every tensor
     at ``bits``; a size in MiB: a width per tensor from those sensitivities, so the packed model
