@@ -210,11 +210,24 @@ def write_predictions(folder: Path, row: dict, correct: dict[str, int]) -> str:
 
 
 def read_predictions(folder: Path, row: dict) -> dict[str, int] | None:
-    """A row's ``{recording id: 0/1}``, or None when it has no predictions file."""
+    """A row's ``{recording id: 0/1}``, or None when it has no predictions file.
+
+    Raises:
+        ValueError: the file is not under its corpus' folder, or does not hold the row's
+            accuracy (a row pointing at another corpus' or run's predictions).
+    """
     if not row.get("predictions") or not (folder / row["predictions"]).is_file():
         return None
+    path = Path(row["predictions"])
+    if path.parent != Path("predictions") / row["corpus"]:
+        raise ValueError(f"{row_key(row)} of corpus {row['corpus']!r}: its predictions file "
+                         f"{path} is not under predictions/{row['corpus']}/")
     ids = json.loads((folder / "predictions" / row["corpus"] / "recordings.json").read_text())
-    bits = json.loads((folder / row["predictions"]).read_text())["correct"]
+    bits = json.loads((folder / path).read_text())["correct"]
+    if len(bits) != row["n_test"] or bits.count("1") != round(row["accuracy"] * row["n_test"]):
+        raise ValueError(f"{row_key(row)} of corpus {row['corpus']!r}: {path} holds "
+                         f"{bits.count('1')} of {len(bits)} right, the row "
+                         f"{row['accuracy']:.4%} of {row['n_test']}")
     return {i: int(b) for i, b in zip(ids, bits, strict=True)}
 
 

@@ -755,3 +755,24 @@ def test_in_child_names_a_killed_child_and_its_peak_memory():
         run.in_child(_allocate_then_die, n_bytes=300_000_000)
     peak_gb = float(str(caught.value).split("peak memory ")[1].split(" GB")[0])
     assert peak_gb >= 0.3
+
+
+def test_a_row_is_paired_only_on_its_own_corpus_predictions(tmp_path):
+    """A row whose ``predictions`` field names another corpus' file (generation 2's rows once
+    pointed at generation 3's), or a file that does not hold the row's accuracy, is refused
+    by name instead of being paired."""
+    folder = tmp_path / "benchmarks"
+    for corpus in ("old", "new"):
+        (folder / "predictions" / corpus).mkdir(parents=True)
+        (folder / "predictions" / corpus / "recordings.json").write_text(
+            json.dumps(["a", "b", "c", "d"]))
+    (folder / "predictions" / "old" / "fp_32bit_seed1.json").write_text('{"correct": "1100"}')
+    (folder / "predictions" / "new" / "fp_32bit_seed1.json").write_text('{"correct": "1110"}')
+    row = {"method": "fp", "bits": 32, "seed": 1, "corpus": "old", "n_test": 4, "accuracy": 0.5,
+           "predictions": "predictions/old/fp_32bit_seed1.json"}
+    assert report.read_predictions(folder, row) == {"a": 1, "b": 1, "c": 0, "d": 0}
+    with pytest.raises(ValueError, match=r"fp_32bit_seed1 of corpus 'old': its predictions file "
+                                         r"predictions/new/fp_32bit_seed1.json is not under"):
+        report.read_predictions(folder, {**row, "predictions": "predictions/new/fp_32bit_seed1.json"})
+    with pytest.raises(ValueError, match=r"holds 2 of 4 right, the row 75.0000% of 4"):
+        report.read_predictions(folder, {**row, "accuracy": 0.75})
