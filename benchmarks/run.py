@@ -381,7 +381,9 @@ class Benchmark:
         key, run = f"{method}_{bits}bit", _run_id(folder)
         exports = self.work / "exports" / f"seed{seed}" / key
         if method in ("teacher", "student_probe"):
-            settings = {"run": run, "seed": seed}
+            # the corpus files too: a frozen encoder's probe depends on nothing else, and the
+            # check of a corpus spoken again (_verify_equivalence) must measure it on these
+            settings = {"run": run, "seed": seed, "corpus_files_sha256": self.files_sha256}
             result = self.cached(seed, key, settings, functools.partial(
                 self._probe, method, folder, seed))
             base["note"] = "size: fp32 encoder + probe parameters x 4 bytes"

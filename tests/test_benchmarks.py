@@ -433,6 +433,37 @@ def test_the_same_corpus_spoken_on_another_cpu_is_accepted_only_if_its_probes_ag
     assert (again.corpus_sha256, again.unverified) == (generation, None)
 
 
+def test_a_probe_is_measured_again_on_other_corpus_files(monkeypatch, tmp_path):
+    """A frozen encoder's probe row is cached per fp run, seed and corpus files: the check of
+    a corpus spoken again must measure the probes on the new files, not return the old ones."""
+    from types import SimpleNamespace
+
+    import run
+
+    folder = tmp_path / "fp_run"
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "config.json").write_text(json.dumps(
+        {"labels": ["a", "b"], "model_sha256": "f" * 64}))
+    bench = run.Benchmark.__new__(run.Benchmark)
+    bench.work, bench.args = tmp_path / "work", SimpleNamespace(label="slurp_text")
+    bench.files_sha256 = bench.corpus_sha256 = "files of one take"
+    monkeypatch.setattr(bench, "fp", lambda seed: {"folder": str(folder), "compute": {
+        "student_gmacs_real_length": 1.0, "student_gmacs_30s": 2.0,
+        "teacher_gmacs_real_length": 3.0, "teacher_gmacs_30s": 4.0}})
+    measured = []
+
+    def probe(method, run_folder, seed):
+        measured.append(bench.files_sha256)
+        return {"accuracy": 0.5, "size_mb": 1.0, "correct": {"x": 1, "y": 0}}
+
+    monkeypatch.setattr(bench, "_probe", probe)
+    for files in ("files of one take", "files of one take", "files spoken again"):
+        bench.files_sha256 = files
+        row, correct = bench.derived_row("teacher", 32, 1)
+        assert correct == {"x": 1, "y": 0} and row["accuracy"] == 0.5
+    assert measured == ["files of one take", "files spoken again"]
+
+
 def test_two_invocations_needing_one_run_train_it_once(monkeypatch, tmp_path):
     """The fp student behind two side-by-side invocations' rows is trained by one of them; the
     other waits for it instead of training into the same folder."""
