@@ -327,30 +327,44 @@ def test_self_distillation_loss_masks_padding_and_averages_layers():
 
 
 def test_size_target_gives_mixed_widths_that_fit_and_survive_resume(tmp_path, corpus, tiny_dir,
-                                                                    base_dir):
-    """``target_mb`` (the uniform 3-bit size): calibration, a width per tensor stored in
+                                                                    base_dir, monkeypatch):
+    """``target_mb`` (the uniform 3-bit size): calibration of the model training starts from
+    (the probe-initialised head, not a random one), a width per tensor stored in
     bit_widths.json, a sensitivity-weighted first clustering; the packed model fits the target;
     a resumed run re-uses the stored widths and loads its checkpoint into them."""
     from speechbrain_quads.codebook.allocation import fixed_bytes, tensor_bytes
     from speechbrain_quads.codebook.packing import size_report
+    from speechbrain_quads.training import quantization_brain
 
-    overrides = {"mct_iterations": 1, "final_quant_epochs": 0}
+    overrides = {"mct_iterations": 1, "final_quant_epochs": 0, "classifier_init": "probe"}
     probe, _ = make_brain(tmp_path / "probe", tiny_dir, base_dir, overrides)
     target = (fixed_bytes(probe.quantizer) + sum(
         tensor_bytes(c.indices.numel(), c.groups, 3)
         for _, c in probe.quantizer.modules.values())) / 2**20
     settings = {**overrides, "target_mb": target, "sensitivity_samples": 4}
+    heads = []  # the intent head each calibration pass saw
+    calibrate = quantization_brain.brain_sensitivity
+
+    def recording_calibration(brain, *args, **kwargs):
+        heads.append(brain.modules.classifier.linear.weight.detach().clone())
+        return calibrate(brain, *args, **kwargs)
+
+    monkeypatch.setattr(quantization_brain, "brain_sensitivity", recording_calibration)
     brain, hparams = make_brain(tmp_path / "run", tiny_dir, base_dir, settings)
+    initial_head = brain.modules.classifier.linear.weight.detach().clone()
     fit(brain, hparams, corpus[1])
     stored = json.loads((tmp_path / "run" / "save" / "bit_widths.json").read_text())
     widths = {name: codebook.bits for name, (_, codebook) in brain.quantizer.modules.items()}
     assert stored == {"target_mb": target, "candidate_bits": [2, 3, 4, 5, 6, 8], "widths": widths}
-    assert len(set(widths.values())) > 1 and brain.sensitivity is not None
+    assert len(set(widths.values())) > 1
     assert size_report(brain.deployable).packed_bytes <= target * 2**20
+    assert len(heads) == 2  # the widths, then the first clustering (after a distillation epoch)
+    assert not torch.equal(heads[0], initial_head)  # the probe, not the random initialisation
+    assert not torch.equal(heads[1], heads[0])  # the model as it is at the first clustering
     again, hparams_again = make_brain(tmp_path / "run", tiny_dir, base_dir, settings)
     fit(again, hparams_again, corpus[1])  # finished: recovers the last checkpoint only
     assert {n: c.bits for n, (_, c) in again.quantizer.modules.items()} == widths
-    assert again.sensitivity is None  # the stored widths needed no calibration
+    assert len(heads) == 2  # the stored widths and restored codebooks needed no calibration
     for name, (_, codebook) in again.quantizer.modules.items():
         torch.testing.assert_close(codebook.centroids, brain.quantizer.modules[name][1].centroids)
     for changed in ({"target_mb": target / 2}, {"target_widths": [3, 4]}):

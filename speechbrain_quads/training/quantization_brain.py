@@ -43,20 +43,25 @@ class QuantizationBrain(PhaseBrain):
         self.quantizer = self.hparams.quantizer
         self.quantizer.prepare(self.deployable)
         self.latent_power: torch.Tensor | None = None
-        self.sensitivity: dict[str, torch.Tensor] | None = None
         self._calibration_set = None
 
     def fit(self, epoch_counter, train_set, valid_set=None, *args, **kwargs):
-        """Before SpeechBrain's fit (so checkpoints load into the right shapes): the widths of
-        ``target_mb``; the calibration recordings for a sensitivity-weighted first clustering."""
+        """Keeps the training set: the calibration recordings of ``target_mb`` and of a
+        sensitivity-weighted first clustering."""
         self._calibration_set = train_set
+        super().fit(epoch_counter, train_set, valid_set, *args, **kwargs)
+
+    def on_fit_start(self):
+        """The widths of ``target_mb``, before SpeechBrain's start (which loads a checkpoint
+        into them). Measured here, the sensitivities see the model training starts from: the
+        head after ``classifier_init: probe`` (applied earlier, in ``fit``), not a random one."""
         target = getattr(self.hparams, "target_mb", None)
         if target is not None:
             widths = load_or_allocate_widths(
                 Path(self.hparams.save_folder) / "bit_widths.json", self.quantizer,
                 float(target), self.calibration_sensitivity, self.target_widths)
             self.quantizer.set_bits(widths)
-        super().fit(epoch_counter, train_set, valid_set, *args, **kwargs)
+        super().on_fit_start()
 
     @property
     def target_widths(self) -> list[int]:
@@ -72,17 +77,16 @@ class QuantizationBrain(PhaseBrain):
         return sorted(set(widths))
 
     def calibration_sensitivity(self) -> dict[str, torch.Tensor]:
-        """Squared gradients over ``sensitivity_samples`` (at least 32 when a size target
-        needs them) training recordings, computed once."""
-        if self.sensitivity is None:
-            samples = int(getattr(self.hparams, "sensitivity_samples", 0)) or 32
-            self.sensitivity = brain_sensitivity(self, self.quantizer, self._calibration_set,
-                                                 samples, seed=getattr(self.hparams, "seed", 0))
-        return self.sensitivity
+        """Squared gradients of the model as it is now over ``sensitivity_samples`` (at least
+        32 when a size target needs them) training recordings."""
+        samples = int(getattr(self.hparams, "sensitivity_samples", 0)) or 32
+        return brain_sensitivity(self, self.quantizer, self._calibration_set, samples,
+                                 seed=getattr(self.hparams, "seed", 0))
 
     def cluster_codebooks(self) -> None:
-        """Cluster (or re-cluster) the codebooks; the first clustering is weighted by the
-        calibration sensitivities when ``sensitivity_samples`` or ``target_mb`` is set."""
+        """Cluster (or re-cluster) the codebooks; the first clustering is weighted by
+        sensitivities measured then (so a run resumed from a checkpoint before it measures what
+        the uninterrupted run did) when ``sensitivity_samples`` or ``target_mb`` is set."""
         weighted = (getattr(self.hparams, "sensitivity_samples", 0)
                     or getattr(self.hparams, "target_mb", None) is not None)
         first = not self.quantizer.clustered
