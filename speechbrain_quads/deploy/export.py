@@ -246,8 +246,8 @@ def _atomic_folder(final: Path, write: Callable[[Path], None]) -> None:
     """Run ``write(tmp_dir)`` and rename the result to ``final``, replacing it.
 
     A folder already at ``final`` is renamed aside first and deleted only once the new one is
-    in place; if that rename fails it is renamed back. So a failure leaves a whole folder at
-    ``final`` (the old one or the new), never none."""
+    in place; if that rename fails it is renamed back (and if even that fails, it stays beside
+    ``final``). So a failure never deletes the old folder."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     aside = tmp.with_name(tmp.name + ".old")
@@ -261,9 +261,9 @@ def _atomic_folder(final: Path, write: Callable[[Path], None]) -> None:
             if aside.exists():
                 os.rename(aside, final)
             raise
+        shutil.rmtree(aside, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(aside, ignore_errors=True)
 
 
 def export_model(brain, labels: list[str], folder: Path) -> dict:
