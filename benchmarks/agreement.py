@@ -19,7 +19,8 @@ that both have, on the same corpus generation and valid set, is paired. Differen
 - ``by_voice`` / ``by_length``: the mean difference over seeds on each set, per voice (the file
   name's speaker part) and per sentence length (words);
 - ``intent_correlation``: Pearson's r between the per-intent mean differences of the two sets
-  (intents present in both);
+  (intents present in both), and ``test_at_valid_intent_shares``: test's per-intent means
+  weighted by valid's recordings per intent (does valid's intent mix explain its mean?);
 - ``train_similarity``: per set, the mean over sentences of the largest word-set Jaccard
   similarity to a training sentence (is one set closer to what training saw?).
 """
@@ -203,6 +204,9 @@ def agreement(args: argparse.Namespace) -> dict:
         "intent_correlation": {"intents": len(shared), "r": round(float(np.corrcoef(
             [intents["valid"][k][1] for k in shared],
             [intents["test"][k][1] for k in shared])[0, 1]), 3) if len(shared) > 2 else None},
+        "test_at_valid_intent_shares": round(
+            sum(intents["test"][k][1] * intents["valid"][k][0] for k in shared)
+            / sum(intents["valid"][k][0] for k in shared), 2) if shared else None,
         "train_similarity": {name: train_similarity(sorted({r["sentence"] for r in recs}), train)
                              for name, recs in sets.items()} if train else None,
     }
@@ -229,7 +233,8 @@ def markdown(result: dict) -> str:
         lines.append("")
     corr = result["intent_correlation"]
     lines.append(f"Per-intent differences, valid against test: r = {corr['r']} over "
-                 f"{corr['intents']} intents.")
+                 f"{corr['intents']} intents; test at valid's intent shares "
+                 f"{result['test_at_valid_intent_shares']:+.2f}.")
     if result["train_similarity"]:
         lines.append("Closest training sentence (mean word Jaccard): valid "
                      f"{result['train_similarity']['valid']}, test "

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from readme_commands import documented_commands
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,9 +27,8 @@ def _row(name: str, valid: str, test: str, valid_sha256: str = "v") -> dict:
             "valid_correct": valid, "test_correct": test}
 
 
-@pytest.fixture
-def inputs(tmp_path):
-    corpus, valid = tmp_path / "corpus", tmp_path / "valid"
+def _build(screening: Path, corpus: Path, valid: Path, baseline: str, variant: str) -> None:
+    """A corpus (train, test), a valid folder and screening rows ``<name>_s<seed>``."""
     _write(corpus / "train.jsonl", [_line(1, "turn the lights on", "iot_on", ["a"])])
     # test recordings in sorted file order: 20-x, 21-y, 22-x (lengths 4, 8, 1 words)
     _write(corpus / "test.jsonl", [
@@ -38,12 +38,17 @@ def inputs(tmp_path):
     # valid recordings in sorted order: 10-p, 10-q, 11-p, 11-q (lengths 3, 3, 2, 2 words)
     _write(valid / "devel.jsonl", [_line(10, "lights on please", "iot_on", ["p", "q"]),
                                    _line(11, "weather tomorrow", "weather", ["p", "q"])])
-    rows = [_row("base_s1", "0000", "000"), _row("var_s1", "1100", "100"),
-            _row("base_s2", "1111", "111"), _row("var_s2", "1110", "011"),
-            _row("base_s3", "0000", "000"), _row("other_s3", "1111", "111")]
-    screening = tmp_path / "screening.json"
-    screening.write_text(json.dumps(rows))
-    return screening, corpus, valid, tmp_path / "out.json"
+    rows = [_row(f"{baseline}_s1", "0000", "000"), _row(f"{variant}_s1", "1100", "100"),
+            _row(f"{baseline}_s2", "1111", "111"), _row(f"{variant}_s2", "1110", "011"),
+            _row(f"{baseline}_s3", "0000", "000"), _row("other_s3", "1111", "111")]
+    _write(screening, [json.dumps(rows)])
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    paths = tmp_path / "screening.json", tmp_path / "corpus", tmp_path / "valid"
+    _build(*paths, "base", "var")
+    return (*paths, tmp_path / "out.json")
 
 
 def _agreement(screening, corpus, valid, output, *extra) -> subprocess.CompletedProcess:
@@ -80,6 +85,7 @@ def test_breakdown_matches_hand_arithmetic(inputs):
     assert list(out["by_length"]["valid"]) == ["1-4"]
     # intents: valid iot_on +50/-... , weather; test iot_off, weather -> only weather is shared
     assert out["intent_correlation"] == {"intents": 1, "r": None}
+    assert out["test_at_valid_intent_shares"] == 0.0  # test's weather recordings: 0 and 0
     # valid "lights on please" vs train "turn the lights on": 2 shared of 5 words
     assert out["train_similarity"]["valid"] == pytest.approx((2 / 5 + 0) / 2, abs=1e-4)
     assert "test minus valid over seeds" in result.stdout
@@ -101,3 +107,19 @@ def test_refuses_unpaired_or_mismatched_rows(inputs):
     assert result.returncode != 0
     assert "seed 1: test_correct has 3/2 recordings, the corpus 3" in result.stderr
     assert not output.exists()
+
+
+def test_the_readme_command_runs_as_written(tmp_path):
+    """README's command, from a repository root that holds its inputs at the paths it names."""
+    (words,) = documented_commands(REPO / "README.md", "python benchmarks/agreement.py")
+    root = tmp_path / "repo"
+    (root / "benchmarks").mkdir(parents=True)
+    (root / "benchmarks" / "agreement.py").symlink_to(REPO / "benchmarks" / "agreement.py")
+    _build(root / "benchmarks" / "screening_klatt.json", root / "results" / "slurp_text_corpus",
+           root / "results" / "slurp_text_klatt_valid", "quads4", "mixed4")
+    result = subprocess.run([sys.executable, *words[1:]], cwd=root, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = json.loads((root / "benchmarks" / "agreement_mixed4.json").read_text())
+    assert out["baseline"] == "quads4" and out["seeds"] == [1, 2]
+    assert out["mean"] == {"valid": 12.5, "test": 0.0}
