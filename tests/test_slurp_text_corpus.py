@@ -316,3 +316,39 @@ def test_readme_slurp_text_commands_run_as_written(source, tmp_path):
         assert {line["intent"] for line in _read_jsonl(out / f"{split}.jsonl")} == kept, split
     rows = slurp_prepare.read_split(out, "test", "direct")
     assert len(rows) == len(test_lines)
+
+
+def test_valid_lines_in_test_voices(corpus, tmp_path):
+    """``--speakers-of test``: every valid line said by the corpus' own test speakers (round
+    robin, all ten used), recorded in the manifest; refused when training hears one of them or
+    when the corpus' test speakers are another seed's."""
+    out = tmp_path / "crossed"
+    result = subprocess.run([sys.executable, "recipes/mini_corpus/generate.py",
+                             "slurp-text-valid", "--corpus", str(corpus), str(out),
+                             "--speakers-of", "test", "--recordings", "3",
+                             "--seed", str(ARGS["seed"])],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((out / corpus_writer.MANIFEST).read_text())
+    corpus_manifest = json.loads((corpus / corpus_writer.MANIFEST).read_text())
+    test_speakers = set(corpus_manifest["splits"]["test"]["speakers"])
+    assert set(manifest["splits"]["valid"]["speakers"]) == test_speakers
+    assert manifest["arguments"]["speakers_of"] == "test"
+    lines = _read_jsonl(out / "devel.jsonl")
+    said = [manifest["speaker_of_file"][f"slurp_real/{r['file']}"]
+            for line in lines for r in line["recordings"]]
+    assert len(said) == 3 * len(lines) and set(said) <= test_speakers
+    assert all(len({manifest["speaker_of_file"][f"slurp_real/{r['file']}"]
+                    for r in line["recordings"]}) == 3 for line in lines)
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "devel.jsonl").write_bytes((corpus / "devel.jsonl").read_bytes())
+    heard = json.loads(json.dumps(corpus_manifest))
+    heard["splits"]["train"]["speakers"].append("espeak-en-us-nyc-klatt2")
+    (tmp_path / "bad" / corpus_writer.MANIFEST).write_text(json.dumps(heard))
+    with pytest.raises(ValueError, match=r"already uses \['espeak-en-us-nyc-klatt2'\] outside"):
+        slurp_text.plan_klatt_valid(tmp_path / "bad", speakers_of="test")
+    with pytest.raises(ValueError, match="its test speakers are not the 10 of seed 2"):
+        slurp_text.plan_klatt_valid(corpus, speakers_of="test", seed=2)  # the corpus': seed 3
+    with pytest.raises(ValueError, match="speakers_of must be one of"):
+        slurp_text.plan_klatt_valid(corpus, speakers_of="train")

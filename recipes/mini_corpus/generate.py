@@ -28,7 +28,8 @@ whatever the number of worker processes.
 ``slurp-text`` (``slurp_text.generate_slurp_text``) speaks the lines of a real SLURP jsonl
 instead of our grammar, in the SLURP layout; ``slurp-text-valid``
 (``slurp_text.generate_klatt_valid``) speaks such a corpus' valid lines again with Klatt voices
-that no split uses (a second valid set for screening).
+that no split uses (a second valid set for screening), or with ``--speakers-of test`` with
+the corpus' test speakers (to tell sentences from voices when valid and test disagree).
 
 Usage::
 
@@ -409,7 +410,12 @@ def _parser() -> argparse.ArgumentParser:
     again.add_argument("--corpus", type=Path, required=True,
                        help="the SLURP-layout corpus whose devel.jsonl is spoken again")
     again.add_argument("--recordings", type=int, default=4,
-                       help="speakers saying each valid line (at most 4)")
+                       help="speakers saying each valid line (at most 4 Klatt voices, 10 test "
+                            "voices)")
+    again.add_argument("--speakers-of", choices=("valid_klatt", "test"), default="valid_klatt",
+                       help="valid_klatt: Klatt voices no split uses (a screening set); test: "
+                            "the corpus' test speakers (a diagnosis of valid/test "
+                            "disagreement, never a screening set)")
     return parser
 
 
@@ -431,7 +437,7 @@ def main(argv: list[str] | None = None) -> Path:
 
         out = slurp_text.generate_klatt_valid(
             args.corpus, args.out_dir, recordings=args.recordings,
-            seed=1 if args.seed is None else args.seed, **run)
+            seed=1 if args.seed is None else args.seed, speakers_of=args.speakers_of, **run)
     else:
         common = dict(n_train=args.n_train, n_valid=args.n_valid, n_test=args.n_test,
                       n_speakers=args.n_speakers, n_heldout_speakers=args.n_heldout_speakers,

@@ -25,7 +25,7 @@ import hashlib
 import json
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import corpus_writer
@@ -296,28 +296,51 @@ def generate_slurp_text(
                           extra={"text_split": summary})
 
 
-def plan_klatt_valid(corpus: str | Path, recordings: int = 4, seed: int = 1
-                     ) -> corpus_writer.CorpusPlan:
+SPEAKERS_OF = ("valid_klatt", "test")
+"""Whose voices ``plan_klatt_valid`` may speak the valid lines with."""
+
+
+def plan_klatt_valid(corpus: str | Path, recordings: int = 4, seed: int = 1,
+                     speakers_of: str = "valid_klatt") -> corpus_writer.CorpusPlan:
     """Plan a second voicing of ``corpus``' valid lines (its ``devel.jsonl``): each line said
-    by ``recordings`` speakers of ``voices.espeak_voices("valid_klatt")`` (held-out accents x
-    Klatt voice sources no split uses), chosen round-robin.
+    by ``recordings`` speakers, chosen round-robin, of ``voices.espeak_voices(speakers_of)``:
+
+    - ``valid_klatt``: held-out accents x Klatt voice sources no split uses (a larger
+      screening set);
+    - ``test``: the corpus' own test speakers (valid sentences in test's voices: it separates
+      what the sentences do from what the voices do when valid and test disagree; never a
+      screening set, since it is spoken by test's voices).
 
     Raises:
-        ValueError: ``corpus`` already has one of these speakers, or lacks ``devel.jsonl``.
+        ValueError: ``corpus`` lacks ``devel.jsonl``; ``valid_klatt`` speakers that the corpus
+            already has; ``test`` speakers that training or valid has, or that are not the
+            corpus' test speakers (another ``seed``).
     """
+    if speakers_of not in SPEAKERS_OF:
+        raise ValueError(f"speakers_of must be one of {SPEAKERS_OF}, got {speakers_of!r}")
     corpus = Path(corpus)
     devel = corpus / generate.SLURP_FILES["valid"]
     if not devel.is_file():
         raise ValueError(f"{devel}: not found; give a SLURP-layout corpus folder")
-    speakers = voices.heldout_pool("valid_klatt", len(voices.espeak_voices("valid_klatt")), seed)
+    speakers = voices.heldout_pool(speakers_of, len(voices.espeak_voices(speakers_of)), seed)
+    names = {voice.name for voice in speakers}
     manifest = corpus / corpus_writer.MANIFEST
     if manifest.is_file():
-        used = {name for split in json.loads(manifest.read_text(encoding="utf-8"))["splits"]
-                .values() for name in split["speakers"]}
-        shared = sorted(used & {voice.name for voice in speakers})
+        made = json.loads(manifest.read_text(encoding="utf-8"))
+        used = {split: set(found["speakers"]) for split, found in made["splits"].items()}
+        others = set().union(*(found for split, found in used.items()
+                               if speakers_of == "valid_klatt" or split != "test"))
+        shared = sorted(others & names)
         if shared:
-            raise ValueError(f"{manifest}: the corpus already uses {shared}; its valid lines "
-                             f"would not be spoken by new voices")
+            raise ValueError(f"{manifest}: the corpus already uses {shared}"
+                             + ("; its valid lines would not be spoken by new voices"
+                                if speakers_of == "valid_klatt" else " outside test"))
+        if speakers_of == "test" and (used.get("test") != names or any(
+                made["voices"].get(voice.name) != {"type": type(voice).__name__, **asdict(voice)}
+                for voice in speakers)):
+            raise ValueError(f"{manifest}: its test speakers are not the {len(names)} of seed "
+                             f"{seed} (names, rates and pitches); give the seed the corpus "
+                             f"was made with")
     table, jobs = _part(read_records(devel), list(speakers), recordings, "slurp_real",
                         random.Random(seed), seed)
     return corpus_writer.CorpusPlan("slurp", {"valid": list(speakers)}, {"valid": jobs},
@@ -325,16 +348,18 @@ def plan_klatt_valid(corpus: str | Path, recordings: int = 4, seed: int = 1
 
 
 def generate_klatt_valid(corpus: str | Path, out_dir: str | Path, recordings: int = 4,
-                         seed: int = 1, num_workers: int = 2, overwrite: bool = False) -> Path:
-    """Speak ``plan_klatt_valid(corpus, recordings, seed)`` into ``out_dir`` (``devel.jsonl``,
-    ``slurp_real/``, the manifest with the SHA-256 of the corpus' ``devel.jsonl``); resumable
-    like ``generate_slurp_text``.
+                         seed: int = 1, num_workers: int = 2, overwrite: bool = False,
+                         speakers_of: str = "valid_klatt") -> Path:
+    """Speak ``plan_klatt_valid(corpus, recordings, seed, speakers_of)`` into ``out_dir``
+    (``devel.jsonl``, ``slurp_real/``, the manifest with the SHA-256 of the corpus'
+    ``devel.jsonl``); resumable like ``generate_slurp_text``.
 
     Returns:
         ``out_dir`` as a Path.
     """
     devel = Path(corpus) / generate.SLURP_FILES["valid"]
-    plan = plan_klatt_valid(corpus, recordings, seed)
+    plan = plan_klatt_valid(corpus, recordings, seed, speakers_of)
     arguments = {"corpus": str(Path(corpus).resolve()), "recordings": recordings, "seed": seed,
+                 "speakers_of": speakers_of,
                  "devel_sha256": hashlib.sha256(devel.read_bytes()).hexdigest()}
     return corpus_writer.build(out_dir, plan, arguments, num_workers, overwrite, resumable=True)
