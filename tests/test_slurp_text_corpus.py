@@ -352,3 +352,22 @@ def test_valid_lines_in_test_voices(corpus, tmp_path):
         slurp_text.plan_klatt_valid(corpus, speakers_of="test", seed=2)  # the corpus': seed 3
     with pytest.raises(ValueError, match="speakers_of must be one of"):
         slurp_text.plan_klatt_valid(corpus, speakers_of="train")
+
+
+def test_readme_test_voice_command_runs_as_written(source, tmp_path):
+    """README's ``slurp-text-valid --speakers-of test`` command, as written, from a repository
+    root whose ``results/slurp_text_corpus`` is a corpus made with the default seed."""
+    (words,) = [w for w in documented_commands(REPO / "README.md",
+                                               "python recipes/mini_corpus/generate.py")
+                if "--speakers-of" in w]
+    root = tmp_path / "repo"
+    (root / "results").mkdir(parents=True)
+    (root / "recipes").symlink_to(REPO / "recipes")
+    slurp_text.generate_slurp_text(source, root / "results" / "slurp_text_corpus", num_workers=1,
+                                   **{**ARGS, "seed": 1})
+    result = subprocess.run([sys.executable, *words[1:]], cwd=root, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = root / "results" / "slurp_text_testvoice_valid"
+    assert len(_read_jsonl(out / "devel.jsonl")) == len(
+        _read_jsonl(root / "results" / "slurp_text_corpus" / "devel.jsonl"))
