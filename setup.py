@@ -45,6 +45,7 @@ EXTRAS_REQUIRE = {
     "dev": [
         "pytest>=8",
         "pytest-timeout>=2.3",
+        "pytest-xdist==3.8.0",  # pytest.ini: two workers, one thread each
         "ruff>=0.6",
         "ctranslate2>=4.5",
         "onnx==1.23.*",  # tests/test_onnx_*.py (onnxruntime comes with the demo extra)

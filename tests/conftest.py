@@ -4,10 +4,24 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest.ini's two workers: one thread each, so two
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # runs never fight over the 2 cores
+        os.environ[_name] = "1"  # (subprocesses inherit it)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may wait on the hub
+
+SLOWEST_FIRST = ("test_recipes.py", "test_benchmarks.py", "test_brains.py", "test_onnx_export.py")
+"""Files handed to the workers first (``--dist loadfile`` keeps a file on one worker), so the
+long ones do not start last and leave one worker idle at the end."""
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """Order the tests by :data:`SLOWEST_FIRST`, then as collected."""
+    rank = {name: index for index, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 sys.path.insert(0, str(Path(__file__).parent))
 
 from speech import synthesize_clips  # noqa: E402
