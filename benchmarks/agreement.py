@@ -11,8 +11,9 @@ which keep each run's correctness on valid and on test, in sorted recording orde
 that both have, on the same corpus generation and valid set, is paired. Differences are
 ``variant - baseline`` in accuracy points. Printed as markdown and written to ``--output``:
 
-- ``per_seed``: the difference on valid and on test for each seed, and the difference between
-  the two with its 95% t-interval over the seeds (is the disagreement larger than seeds allow?);
+- ``per_seed``: the difference on valid and on test for each seed; ``over_seeds``: on each set,
+  its mean with the 95% t-interval over the seeds; ``test_minus_valid``: the difference between
+  the two sets, with its interval (is the disagreement larger than seeds allow?);
 - ``sentences_welch``: the same two means with sentences as the unit (each sentence's mean over
   seeds and its recordings) and Welch's t-test between the sets (is the disagreement larger than
   drawing other sentences allows?);
@@ -194,6 +195,8 @@ def agreement(args: argparse.Namespace) -> dict:
         "sentences": {name: len({r["sentence"] for r in recs}) for name, recs in sets.items()},
         "per_seed": per_seed,
         "mean": {name: round(100 * float(d.mean()), 2) for name, d in diffs.items()},
+        "over_seeds": {name: [round(x, 2) for x in t_interval([per_seed[s][name] for s in pairs])]
+                       for name in sets},
         "test_minus_valid": [round(x, 2) for x in gap],
         "sentences_welch": welch({name: per_sentence(diffs[name], [r["sentence"] for r in recs])
                                   for name, recs in sets.items()}),
@@ -218,8 +221,9 @@ def markdown(result: dict) -> str:
              f"{', '.join(map(str, result['seeds']))}; valid {result['recordings']['valid']} "
              f"recordings of {result['sentences']['valid']} sentences, test "
              f"{result['recordings']['test']} of {result['sentences']['test']}.", "",
-             f"Mean: valid {result['mean']['valid']:+.2f}, test {result['mean']['test']:+.2f}; "
-             "test minus valid over seeds {:+.2f} [{:+.2f}, {:+.2f}].".format(
+             "Over seeds: valid {:+.2f} [{:+.2f}, {:+.2f}], test {:+.2f} [{:+.2f}, {:+.2f}]; "
+             "test minus valid {:+.2f} [{:+.2f}, {:+.2f}].".format(
+                 *result["over_seeds"]["valid"], *result["over_seeds"]["test"],
                  *result["test_minus_valid"]),
              "Sentences as the unit (mean, standard error): valid {:+.2f} ({:.2f}), test {:+.2f} "
              "({:.2f}); Welch t = {}, p = {}.".format(

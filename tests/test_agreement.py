@@ -68,6 +68,8 @@ def test_breakdown_matches_hand_arithmetic(inputs):
     assert out["per_seed"] == {"1": {"valid": 50.0, "test": 33.33},
                                "2": {"valid": -25.0, "test": -33.33}}
     assert out["mean"] == {"valid": 12.5, "test": 0.0}
+    assert out["over_seeds"]["valid"] == pytest.approx(
+        [12.5, 12.5 - 12.706 * 75 / 2, 12.5 + 12.706 * 75 / 2], abs=0.05)  # seeds 50, -25
     gaps = [33.33 - 50.0, -33.33 + 25.0]  # test - valid per seed
     mean, low, high = out["test_minus_valid"]
     assert mean == pytest.approx(sum(gaps) / 2, abs=0.01)
@@ -88,7 +90,7 @@ def test_breakdown_matches_hand_arithmetic(inputs):
     assert out["test_at_valid_intent_shares"] == 0.0  # test's weather recordings: 0 and 0
     # valid "lights on please" vs train "turn the lights on": 2 shared of 5 words
     assert out["train_similarity"]["valid"] == pytest.approx((2 / 5 + 0) / 2, abs=1e-4)
-    assert "test minus valid over seeds" in result.stdout
+    assert "test minus valid -12.50 [" in result.stdout
 
 
 def test_refuses_unpaired_or_mismatched_rows(inputs):
