@@ -160,6 +160,7 @@ def welch(sets: dict[str, np.ndarray]) -> dict:
 
 
 def length_bucket(words: int) -> str:
+    """The :data:`LENGTHS` bucket of a sentence of ``words`` words, e.g. "5-7" or "11+"."""
     return next(f"{lo}-{hi}" if hi < 1000 else f"{lo}+" for lo, hi in LENGTHS if lo <= words <= hi)
 
 
