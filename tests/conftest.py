@@ -1,6 +1,7 @@
 """Shared fixtures: offline Whisper directories and real synthesized speech."""
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -63,3 +64,11 @@ def pad_batch(waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     for i, w in enumerate(waves):
         batch[i, : w.shape[0]] = w
     return batch, torch.tensor([w.shape[0] / longest for w in waves])
+
+
+def free_port() -> int:
+    """A local TCP port nothing listens on now, for a DDP rendezvous (two test workers may
+    each start one)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 import speechbrain as sb
 import torch
+from conftest import free_port
 from safetensors.torch import load_file
 from speechbrain.dataio.batch import PaddedBatch
 from training_setup import make_brain, make_dataset, write_corpus
@@ -469,19 +469,12 @@ def test_audio_the_front_end_refuses_is_named_by_its_utterance_id(tmp_path, corp
         brain.compute_forward(batch, sb.Stage.VALID)
 
 
-def _free_port() -> int:
-    """A TCP port nothing listens on now (two test workers may each start a DDP run)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_two_process_ddp_run_ends_with_identical_weights(tmp_path, corpus, tiny_dir, base_dir):
     script = Path(__file__).parent / "ddp_train.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-         f"--master_port={_free_port()}", str(script), str(corpus[0]), str(tmp_path), tiny_dir,
+         f"--master_port={free_port()}", str(script), str(corpus[0]), str(tmp_path), tiny_dir,
          base_dir],
         capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

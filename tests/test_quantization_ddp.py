@@ -2,24 +2,18 @@
 
 import datetime
 import os
-import socket
 import sys
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from speechbrain_quads.codebook.quantization import QuantizationConfig, quantize_
 
 WORLD_SIZE = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _gathered(tensor: torch.Tensor) -> list[torch.Tensor]:
@@ -100,4 +94,4 @@ def _check_rank(rank: int) -> None:
 
 
 def test_centroid_gradients_and_codebooks_identical_across_ranks():
-    mp.spawn(_worker, args=(_free_port(),), nprocs=WORLD_SIZE, join=True)
+    mp.spawn(_worker, args=(free_port(),), nprocs=WORLD_SIZE, join=True)

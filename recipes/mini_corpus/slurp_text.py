@@ -328,9 +328,9 @@ def plan_klatt_valid(corpus: str | Path, recordings: int = 4, seed: int = 1,
     if manifest.is_file():
         made = json.loads(manifest.read_text(encoding="utf-8"))
         used = {split: set(found["speakers"]) for split, found in made["splits"].items()}
-        others = set().union(*(found for split, found in used.items()
-                               if speakers_of == "valid_klatt" or split != "test"))
-        shared = sorted(others & names)
+        own = {"test"} if speakers_of == "test" else set()  # the split these voices come from
+        heard = set().union(*(found for split, found in used.items() if split not in own))
+        shared = sorted(heard & names)
         if shared:
             raise ValueError(f"{manifest}: the corpus already uses {shared}"
                              + ("; its valid lines would not be spoken by new voices"
