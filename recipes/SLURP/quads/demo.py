@@ -134,9 +134,11 @@ def main() -> None:
             f"train / {args.n_valid} valid / {args.n_test} test recordings, seed {args.seed}; "
             f"size = the exported model.safetensors (MiB); wall time {minutes:.1f} min.\n")
     (output / "demo_results.md").write_text(text)
-    (output / "demo_results.json").write_text(json.dumps({"rows": rows, "fp_vs_4bit": paired.as_dict(),
-                                                          "minutes": minutes},
-                                                         indent=1) + "\n")
+    corpus_sizes = {"n_intents": args.n_intents, "n_train": args.n_train,
+                    "n_valid": args.n_valid, "n_test": args.n_test}
+    (output / "demo_results.json").write_text(json.dumps(
+        {"rows": rows, "fp_vs_4bit": paired.as_dict(), "corpus": corpus_sizes,
+         "minutes": minutes}, indent=1) + "\n")
     print("\n" + text, flush=True)
 
 
