@@ -400,3 +400,18 @@ def test_outliers_are_kept_exactly_exported_and_checked(tmp_path):
         save_file(broken, bad, metadata=meta)
         with pytest.raises(PackedFormatError, match=message):
             load_packed(bad)
+
+
+def test_a_float64_model_is_refused_naming_the_module_and_nothing_is_written(tmp_path):
+    """The file stores float32 codebooks and outliers, so a float64 model could not reload as
+    trained: the export refuses it and names the module; the same model in float32 exports."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 16), nn.Tanh(), nn.Linear(16, 4)).double()
+    quantize_(model, QuantizationConfig(bits=2))
+    path = tmp_path / "model.safetensors"
+    with pytest.raises(ValueError, match=r"module '0': float64 weights.*model\.float\(\)"):
+        export_packed(model, path)
+    assert list(tmp_path.iterdir()) == []
+    model = nn.Sequential(nn.Linear(32, 16), nn.Tanh(), nn.Linear(16, 4))
+    quantize_(model, QuantizationConfig(bits=2))
+    assert export_packed(model, path).packed_bytes == path.stat().st_size

@@ -210,11 +210,15 @@ def packed_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str,
     for name, (module, codebook) in quantized.items():
         if not int(codebook.clustered):
             raise ValueError(f"module {name!r}: no codebook yet (call CodebookQuantizer.cluster)")
+        latent = module.parametrizations["weight"].original
+        if latent.dtype == torch.float64:
+            raise ValueError(
+                f"module {name!r}: float64 weights; the packed file stores float32 codebooks and "
+                "outliers, so the model would not reload as trained (call model.float() first)")
         prefix = f"{name}." if name else ""
         key = prefix + "weight"
         tensors[key + INDICES_SUFFIX] = pack_indices(codebook.indices, codebook.bits)
         tensors[key + CODEBOOK_SUFFIX] = codebook.centroids.detach().float().cpu().contiguous()
-        latent = module.parametrizations["weight"].original
         entries[key] = {
             "module": name,
             "bits": codebook.bits,
