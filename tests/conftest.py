@@ -16,7 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may wait on
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # in case torch was imported before the variables were set
 
-SLOWEST_FIRST = ("test_recipes.py", "test_benchmarks.py", "test_brains.py", "test_onnx_export.py")
+SLOWEST_FIRST = ("test_recipes.py", "test_benchmarks.py", "test_readme_benchmarks.py",
+                 "test_brains.py", "test_onnx_export.py")
 """Files handed to the workers first (``--dist loadfile`` keeps a file on one worker), so the
 long ones do not start last and leave one worker idle at the end."""
 
