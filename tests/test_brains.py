@@ -379,6 +379,31 @@ def test_size_target_gives_mixed_widths_that_fit_and_survive_resume(tmp_path, co
         fit(bad, hparams_bad, corpus[1])
 
 
+def test_a_calibration_pass_is_measured_again_only_when_a_weight_changed(tmp_path, corpus,
+                                                                         tiny_dir, base_dir,
+                                                                         monkeypatch):
+    """The pass is deterministic (fixed recordings, eval mode), so ``calibration_sensitivity``
+    returns the sensitivities it measured while no weight has changed (a ``target_mb`` run whose
+    first clustering comes before any step measures once) and measures anew after a change."""
+    from speechbrain_quads.training import quantization_brain
+
+    calibrate, passes = quantization_brain.brain_sensitivity, []
+    monkeypatch.setattr(quantization_brain, "brain_sensitivity",
+                        lambda *a, **k: passes.append(1) or calibrate(*a, **k))
+    brain, _ = make_brain(tmp_path, tiny_dir, base_dir, {"sensitivity_samples": 4})
+    brain._calibration_set = corpus[1]
+    first = brain.calibration_sensitivity()
+    assert brain.calibration_sensitivity() is first and len(passes) == 1
+    fresh = calibrate(brain, brain.quantizer, corpus[1], 4, seed=brain.hparams.seed)
+    assert fresh.keys() == first.keys()
+    assert all(torch.equal(fresh[name], first[name]) for name in first)  # deterministic
+    with torch.no_grad():
+        brain.modules.classifier.linear.weight.mul_(1.5)
+    again = brain.calibration_sensitivity()
+    assert len(passes) == 2 and not torch.equal(again["classifier.linear"],
+                                                first["classifier.linear"])
+
+
 def test_logit_distillation_fits_a_teacher_head_and_checkpoints_it(tmp_path, corpus, tiny_dir,
                                                                    base_dir):
     """``logit_distill_weight``: a teacher intent head (a probe on the frozen teacher) is fitted

@@ -4,6 +4,7 @@ quantization phases, on top of any task Brain (placed after it in the bases); se
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -44,6 +45,7 @@ class QuantizationBrain(PhaseBrain):
         self.quantizer.prepare(self.deployable)
         self.latent_power: torch.Tensor | None = None
         self._calibration_set = None
+        self._calibration_cache: tuple[str, dict[str, torch.Tensor]] | None = None
 
     def fit(self, epoch_counter, train_set, valid_set=None, *args, **kwargs):
         """Keeps the training set: the calibration recordings of ``target_mb`` and of a
@@ -80,8 +82,21 @@ class QuantizationBrain(PhaseBrain):
         """Squared gradients of the model as it is now over ``sensitivity_samples`` (at least
         32 when a size target needs them) training recordings."""
         samples = int(getattr(self.hparams, "sensitivity_samples", 0)) or 32
-        return brain_sensitivity(self, self.quantizer, self._calibration_set, samples,
-                                 seed=getattr(self.hparams, "seed", 0))
+        weights = self._weights_sha256()
+        if self._calibration_cache is None or self._calibration_cache[0] != weights:
+            self._calibration_cache = (weights, brain_sensitivity(
+                self, self.quantizer, self._calibration_set, samples,
+                seed=getattr(self.hparams, "seed", 0)))
+        return self._calibration_cache[1]
+
+    def _weights_sha256(self) -> str:
+        """SHA-256 of every module's parameters: a calibration pass is deterministic (fixed
+        recordings, eval mode), so it is measured again only when a weight has changed (a
+        ``target_mb`` run whose first clustering comes before any step measures once)."""
+        digest = hashlib.sha256()
+        for parameter in self.modules.parameters():
+            digest.update(parameter.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy())
+        return digest.hexdigest()
 
     def cluster_codebooks(self) -> None:
         """Cluster (or re-cluster) the codebooks; the first clustering is weighted by
