@@ -107,6 +107,7 @@ class QuantizationBrain(PhaseBrain):
         first = not self.quantizer.clustered
         self.quantizer.cluster(
             sensitivity=self.calibration_sensitivity() if weighted and first else None)
+        self._calibration_cache = None  # a weight-sized dict: kept no longer than needed
 
     def build_plan(self, epochs: int) -> PhasePlan:
         """Every epoch quantizes."""
