@@ -26,7 +26,7 @@ def test_readme_has_exactly_two_setup_commands():
 
 def test_ci_runs_both_quickstart_commands_as_written():
     """CI runs the tests and then the demo, each line exactly as README's Quickstart shows it
-    (the demo takes about 16 minutes, too long for the test suite's budget)."""
+    (the demo takes about 11 minutes, too long for the test suite's budget)."""
     demo_command, test_command = _readme_commands()
     assert "pytest" in test_command and "demo.py" in demo_command
     ci_lines = (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
