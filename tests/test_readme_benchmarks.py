@@ -31,6 +31,13 @@ def _value(words: list[str], flag: str) -> str:
     return words[words.index(flag) + 1]
 
 
+def _run_selection_command() -> list[str]:
+    """README's ``run.py`` command that names its ``--methods`` (the other runs every method)."""
+    (words,) = [w for w in documented_commands(README, "python benchmarks/run.py")
+                if "--methods" in w]
+    return words
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     """A repository root (copies of the benchmark scripts, which find the repository from their
@@ -42,8 +49,7 @@ def root(tmp_path_factory) -> Path:
         shutil.copy2(script, root / "benchmarks" / script.name)
     for folder in ("recipes", "tests"):
         (root / folder).symlink_to(REPO / folder)
-    (selection,) = [w for w in documented_commands(README, "python benchmarks/run.py")
-                    if "--methods" in w]
+    selection = _run_selection_command()
     subprocess.run([sys.executable, "recipes/mini_corpus/generate.py", "slurp",
                     str(root / _value(selection, "--corpus-dir")), *MINI_CORPUS],
                    cwd=REPO, check=True, capture_output=True, timeout=600)
@@ -54,8 +60,7 @@ def root(tmp_path_factory) -> Path:
 def test_the_run_selection_command_measures_its_methods_and_seeds(root):
     """``--methods fp_student,quads_mct:4 --seeds 1,2``: exactly those four rows, each with its
     exact interval over the 12 test recordings and the 4-bit file about 8x smaller."""
-    (words,) = [w for w in documented_commands(README, "python benchmarks/run.py")
-                if "--methods" in w]
+    words = _run_selection_command()
     rows = json.loads((root / "benchmarks" / "results.json").read_text())["rows"]
     assert sorted((r["method"], r["bits"], r["seed"]) for r in rows) == [
         ("fp_student", 32, 1), ("fp_student", 32, 2), ("quads_mct", 4, 1), ("quads_mct", 4, 2)]
