@@ -23,7 +23,10 @@ that both have, on the same corpus generation and valid set, is paired. Differen
   (intents present in both), and ``test_at_valid_intent_shares``: test's per-intent means
   weighted by valid's recordings per intent (does valid's intent mix explain its mean?);
 - ``train_similarity``: per set, the mean over sentences of the largest word-set Jaccard
-  similarity to a training sentence (is one set closer to what training saw?).
+  similarity to a training sentence (is one set closer to what training saw?);
+- ``fresh_valid`` (with ``--fresh-against`` an earlier corpus, e.g. the same text split with
+  another seed): valid's difference over seeds on only the lines that corpus' valid and test
+  splits lack (the sentences no earlier comparison was read on).
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline", required=True, help="row name prefix, e.g. quads4")
     parser.add_argument("--variant", required=True, help="row name prefix, e.g. mixed4")
     parser.add_argument("--output", type=Path, default=None, help="JSON file to write")
+    parser.add_argument("--fresh-against", type=Path, default=None,
+                        help="an earlier corpus folder: also report valid's difference on the "
+                             "lines its devel.jsonl and test.jsonl lack")
     return parser.parse_args(argv)
 
 
@@ -67,7 +73,8 @@ def read_lines(path: Path) -> list[dict]:
         if text.strip():
             try:
                 record = json.loads(text)
-                lines.append({"sentence": record["sentence"], "intent": record["intent"],
+                lines.append({"slurp_id": record["slurp_id"], "sentence": record["sentence"],
+                              "intent": record["intent"],
                               "files": [r["file"] for r in record["recordings"]]})
             except (ValueError, KeyError, TypeError) as error:
                 raise ValueError(f"{path}, line {number}: not a SLURP line ({error!r})") from None
@@ -75,14 +82,16 @@ def read_lines(path: Path) -> list[dict]:
 
 
 def recordings(path: Path) -> list[dict]:
-    """One dict per recording of ``path`` (``file``, ``voice``, ``words``, ``intent``,
-    ``sentence``), in sorted file order: the order of ``screen.py``'s correctness strings."""
+    """One dict per recording of ``path`` (``file``, ``slurp_id``, ``voice``, ``words``,
+    ``intent``, ``sentence``), in sorted file order: the order of ``screen.py``'s correctness
+    strings."""
     found = []
     for line in read_lines(path):
         for name in line["files"]:
             voice = re.sub(r"^audio-\d+-", "", Path(name).stem)
-            found.append({"file": name, "voice": voice, "words": len(line["sentence"].split()),
-                          "intent": line["intent"], "sentence": line["sentence"]})
+            found.append({"file": name, "slurp_id": line["slurp_id"], "voice": voice,
+                          "words": len(line["sentence"].split()), "intent": line["intent"],
+                          "sentence": line["sentence"]})
     return sorted(found, key=lambda r: r["file"])
 
 
@@ -174,6 +183,20 @@ def train_similarity(sentences: list[str], train: list[str]) -> float:
     return round(float(np.mean(best)), 4)
 
 
+def fresh_valid(diff: np.ndarray, valid: list[dict], earlier: Path) -> dict:
+    """Valid's difference over seeds (points, t-interval) on the recordings whose line the
+    ``earlier`` corpus' ``devel.jsonl`` and ``test.jsonl`` lack."""
+    seen = {line["slurp_id"] for split in ("devel", "test")
+            for line in read_lines(earlier / f"{split}.jsonl")}
+    keep = np.array([r["slurp_id"] not in seen for r in valid])
+    if not keep.any():
+        raise ValueError(f"every valid line is in {earlier}'s devel.jsonl or test.jsonl")
+    return {"against": str(earlier), "recordings": int(keep.sum()),
+            "sentences": len({r["sentence"] for r, k in zip(valid, keep, strict=True) if k}),
+            "over_seeds": [round(x, 2) for x in t_interval(
+                [100 * float(row[keep].mean()) for row in diff])]}
+
+
 def agreement(args: argparse.Namespace) -> dict:
     rows = json.loads(args.screening.read_text(encoding="utf-8"))
     pairs = paired_rows(rows, args.baseline, args.variant)
@@ -190,7 +213,7 @@ def agreement(args: argparse.Namespace) -> dict:
     shared = sorted(set(intents["valid"]) & set(intents["test"]))
     train = [line["sentence"] for path in sorted(args.corpus_dir.glob("train*.jsonl"))
              for line in read_lines(path)]
-    return {
+    result = {
         "screening": str(args.screening), "baseline": args.baseline, "variant": args.variant,
         "seeds": list(pairs), "recordings": {name: len(recs) for name, recs in sets.items()},
         "sentences": {name: len({r["sentence"] for r in recs}) for name, recs in sets.items()},
@@ -214,6 +237,9 @@ def agreement(args: argparse.Namespace) -> dict:
         "train_similarity": {name: train_similarity(sorted({r["sentence"] for r in recs}), train)
                              for name, recs in sets.items()} if train else None,
     }
+    if args.fresh_against is not None:
+        result["fresh_valid"] = fresh_valid(diffs["valid"], sets["valid"], args.fresh_against)
+    return result
 
 
 def markdown(result: dict) -> str:
@@ -244,6 +270,12 @@ def markdown(result: dict) -> str:
         lines.append("Closest training sentence (mean word Jaccard): valid "
                      f"{result['train_similarity']['valid']}, test "
                      f"{result['train_similarity']['test']}.")
+    if "fresh_valid" in result:
+        fresh = result["fresh_valid"]
+        lines.append("Valid lines that {} held in neither valid nor test ({} recordings of {} "
+                     "sentences): {:+.2f} [{:+.2f}, {:+.2f}].".format(
+                         fresh["against"], fresh["recordings"], fresh["sentences"],
+                         *fresh["over_seeds"]))
     return "\n".join(lines)
 
 

@@ -125,3 +125,24 @@ def test_the_readme_command_runs_as_written(tmp_path):
     out = json.loads((root / "benchmarks" / "agreement_mixed4.json").read_text())
     assert out["baseline"] == "quads4" and out["seeds"] == [1, 2]
     assert out["mean"] == {"valid": 12.5, "test": 0.0}
+
+
+def test_fresh_valid_keeps_only_lines_the_earlier_corpus_never_scored(inputs, tmp_path):
+    earlier = tmp_path / "earlier"
+    _write(earlier / "devel.jsonl", [_line(10, "lights on please", "iot_on", ["z"])])
+    _write(earlier / "test.jsonl", [_line(20, "turn the lights off", "iot_off", ["z"])])
+    result = _agreement(*inputs, "--baseline", "base", "--variant", "var",
+                        "--fresh-against", str(earlier))
+    assert result.returncode == 0, result.stderr
+    fresh = json.loads(inputs[3].read_text())["fresh_valid"]
+    # only line 11 is fresh: recordings 11-p, 11-q; seed 1: (0-0, 0-0) -> 0; seed 2: (1-1, 0-1)
+    assert fresh["recordings"] == 2 and fresh["sentences"] == 1
+    mean, low, high = fresh["over_seeds"]
+    assert mean == -25.0
+    assert (low, high) == pytest.approx((-25 - 12.706 * 25, -25 + 12.706 * 25), abs=0.05)
+    assert "(2 recordings of 1 sentences): -25.00 [" in result.stdout
+    _write(earlier / "test.jsonl", [_line(11, "weather tomorrow", "weather", ["z"])])
+    result = _agreement(*inputs, "--baseline", "base", "--variant", "var",
+                        "--fresh-against", str(earlier))
+    assert result.returncode != 0
+    assert "every valid line is in" in result.stderr and "devel.jsonl or test.jsonl" in result.stderr
