@@ -10,9 +10,10 @@ REPO = Path(__file__).resolve().parents[1]
 FILES = sorted(REPO.glob("recipes/*/quads/hparams/*.yaml"))
 SECTION = re.compile(r"^# -{20,} (.+)$", re.MULTILINE)
 PER_FILE = {"variant", "experiment and data"}  # what a file may set on its own
-PER_WIDTH = re.compile(r"^(granularity|group_size|outlier_fraction):.*$", re.MULTILINE)
-"""Codebook layout keys a width may choose (2 bits: one codebook per row, 0.5 % outliers), in
-the quantization section of every quantized file."""
+PER_WIDTH = re.compile(r"^(granularity|group_size|outlier_fraction|target_mb|target_widths):.*$",
+                       re.MULTILINE)
+"""Codebook layout keys a file may choose (2 bits: one codebook per row, 0.5 % outliers; the
+mixed-width file: its size and widths), in the quantization section of every quantized file."""
 PER_WIDTH_LOSS = re.compile(r"^quant_distill_weight:.*$", re.MULTILINE)
 """The teacher term's weight in quantization phases, which a width may choose (4 bits: 1.0), in
 the losses section of every file."""
@@ -41,7 +42,7 @@ def test_shared_sections_are_identical_across_recipe_files():
             if title in PER_FILE:
                 continue
             if title == "quantization":
-                assert len(PER_WIDTH.findall(body)) == 3, f"{path.name}: {PER_WIDTH.pattern}"
+                assert len(PER_WIDTH.findall(body)) == 5, f"{path.name}: {PER_WIDTH.pattern}"
                 body = PER_WIDTH.sub("", body)
             if title == "losses and optimisation":
                 assert len(PER_WIDTH_LOSS.findall(body)) == 1, f"{path.name}: quant_distill_weight"

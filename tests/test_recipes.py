@@ -109,20 +109,27 @@ def check_outputs(output: Path, row: dict, bits: int, strategy: str = "mct") -> 
     return metrics
 
 
-def check_size_target(output: Path, options: dict[str, str]) -> int:
+def check_size_target(output: Path, target_mb: float, widths_allowed: list[int],
+                      fraction: float) -> int:
     """A run with ``target_mb``: widths from ``target_widths``, a file within the budget with
     the weights kept exactly (``outlier_fraction``) in it. Returns the widest width."""
     widths = json.loads((output / "save" / "bit_widths.json").read_text())["widths"]
-    assert set(widths.values()) <= set(json.loads(options["target_widths"]))
+    assert set(widths.values()) <= set(widths_allowed)
     size = json.loads((output / "summary.json").read_text())["size"]
-    assert size["packed_bytes"] <= float(options["target_mb"]) * 2**20
+    assert size["packed_bytes"] <= target_mb * 2**20
     with safe_open(output / "model" / "model.safetensors", "pt") as handle:
         entries = json.loads(handle.metadata()["quantized"])
-    fraction = float(options["outlier_fraction"])
     assert {k: e.get("outliers", 0) for k, e in entries.items()} == {
         k: round(fraction * e["numel"]) for k, e in entries.items()}
-    assert sum(e.get("outliers", 0) for e in entries.values()) > 0
+    assert (sum(e.get("outliers", 0) for e in entries.values()) > 0) == (fraction > 0)
     return max(widths.values())
+
+
+def saved_setting(saved: str, key: str):
+    """The value of top-level ``key`` in a run's saved ``hyperparams.yaml`` text."""
+    line = re.search(rf"^{key}: (.*?)\s*(#.*)?$", saved, re.M)
+    assert line, f"hyperparams.yaml has no {key}"
+    return yaml.safe_load(line.group(1))
 
 
 def _flags(row: dict) -> tuple[str, list[str]]:
@@ -156,21 +163,22 @@ def test_recipe_runs_as_documented(row, tmp_path):
 
     options = dict(flag.lstrip("-").split("=", 1) for flag in extra)
     bits = int(options.get("bits", re.search(r"_(\d+)bit", hparams.name).group(1)))
-    output = recipe / options.get("output_folder", f"results/{hparams.stem.split('_')[0]}_"
-                                                   f"{bits}bit/1986")
-    if "target_mb" in options:
-        bits = check_size_target(output, options)
+    output = recipe / options.get("output_folder", "results/" + re.sub(
+        r"_\d+bit", f"_{bits}bit", hparams.stem) + "/1986")
+    saved = (output / "hyperparams.yaml").read_text()
+    if saved_setting(saved, "target_mb") is not None:  # from the flags or the file
+        bits = check_size_target(output, float(saved_setting(saved, "target_mb")),
+                                 saved_setting(saved, "target_widths"),
+                                 float(saved_setting(saved, "outlier_fraction")))
     metrics = check_outputs(output, row, bits, options.get("strategy", "mct"))
     if "SLURP" in row["Script_file"]:  # the demo and the benchmarks read a run back this way
         train_py = load_recipe_file(f"{script.parent.parent.name}_train", script)
         truth, predicted = train_py.read_test_intents(output)
         right = sum(predicted[name] == intent for name, intent in truth.items())
         assert right / len(truth) == pytest.approx(metrics["intent_accuracy"])
-    saved = (output / "hyperparams.yaml").read_text()
     for key, value in options.items():
         if key not in ("device", "precision"):  # run options, not hparams
-            line = re.search(rf"^{key}: (.*?)\s*(#.*)?$", saved, re.M)
-            assert line and yaml.safe_load(line.group(1)) == yaml.safe_load(value), key
+            assert saved_setting(saved, key) == yaml.safe_load(value), key
     if bits != 4 or extra:
         return
     # The output folder alone re-runs the experiment: its hyperparams.yaml loads with plain
