@@ -167,9 +167,9 @@ def test_recipe_runs_as_documented(row, tmp_path):
     output = recipe / options.get("output_folder", "results/" + re.sub(
         r"_\d+bit", f"_{bits}bit", hparams.stem) + "/1986")
     saved = (output / "hyperparams.yaml").read_text()
-    if saved_setting(saved, "target_mb", required=False) is not None:  # flags or file
-        bits = check_size_target(output, float(saved_setting(saved, "target_mb")),
-                                 saved_setting(saved, "target_widths"),
+    target_mb = saved_setting(saved, "target_mb", required=False)  # from the flags or the file
+    if target_mb is not None:
+        bits = check_size_target(output, float(target_mb), saved_setting(saved, "target_widths"),
                                  float(saved_setting(saved, "outlier_fraction")))
     metrics = check_outputs(output, row, bits, options.get("strategy", "mct"))
     if "SLURP" in row["Script_file"]:  # the demo and the benchmarks read a run back this way
