@@ -205,9 +205,11 @@ def agreement(args: argparse.Namespace) -> dict:
             "test": recordings(args.corpus_dir / "test.jsonl")}
     diffs = {name: differences(pairs, f"{name}_correct", len(recs))
              for name, recs in sets.items()}
-    per_seed = {seed: {name: round(100 * float(diffs[name][i].mean()), 2) for name in sets}
-                for i, seed in enumerate(pairs)}
-    gap = t_interval([per_seed[s]["test"] - per_seed[s]["valid"] for s in pairs])
+    exact = {seed: {name: 100 * float(diffs[name][i].mean()) for name in sets}
+             for i, seed in enumerate(pairs)}  # intervals from these, rounded only when shown
+    per_seed = {seed: {name: round(value, 2) for name, value in by_set.items()}
+                for seed, by_set in exact.items()}
+    gap = t_interval([exact[s]["test"] - exact[s]["valid"] for s in pairs])
     intents = {name: grouped(diffs[name], [r["intent"] for r in recs])
                for name, recs in sets.items()}
     shared = sorted(set(intents["valid"]) & set(intents["test"]))
@@ -219,7 +221,7 @@ def agreement(args: argparse.Namespace) -> dict:
         "sentences": {name: len({r["sentence"] for r in recs}) for name, recs in sets.items()},
         "per_seed": per_seed,
         "mean": {name: round(100 * float(d.mean()), 2) for name, d in diffs.items()},
-        "over_seeds": {name: [round(x, 2) for x in t_interval([per_seed[s][name] for s in pairs])]
+        "over_seeds": {name: [round(x, 2) for x in t_interval([exact[s][name] for s in pairs])]
                        for name in sets},
         "test_minus_valid": [round(x, 2) for x in gap],
         "sentences_welch": welch({name: per_sentence(diffs[name], [r["sentence"] for r in recs])

@@ -70,11 +70,12 @@ def test_breakdown_matches_hand_arithmetic(inputs):
     assert out["mean"] == {"valid": 12.5, "test": 0.0}
     assert out["over_seeds"]["valid"] == pytest.approx(
         [12.5, 12.5 - 12.706 * 75 / 2, 12.5 + 12.706 * 75 / 2], abs=0.05)  # seeds 50, -25
-    gaps = [33.33 - 50.0, -33.33 + 25.0]  # test - valid per seed
-    mean, low, high = out["test_minus_valid"]
-    assert mean == pytest.approx(sum(gaps) / 2, abs=0.01)
-    half = 12.706 * abs(gaps[0] - gaps[1]) / 2  # t(0.975, 1) * sd / sqrt(2), sd = |a - b| / sqrt(2)
-    assert (low, high) == pytest.approx((mean - half, mean + half), abs=0.05)
+    # test - valid per seed, exact (not from the rounded per-seed figures: -16.67 and -8.33
+    # would give a half-width of 52.98, the exact one is 52.94)
+    gaps = [100 / 3 - 50.0, -100 / 3 + 25.0]
+    mean = sum(gaps) / 2
+    half = 12.7062047 * abs(gaps[0] - gaps[1]) / 2  # t(0.975, 1) * sd / sqrt(2), sd = |a - b| / sqrt(2)
+    assert out["test_minus_valid"] == [round(mean, 2), round(mean - half, 2), round(mean + half, 2)]
     # sentences: valid 10 -> (1+1+0+0)/4 = 0.5, 11 -> (0+0+0-1)/4 = -0.25; test 20 -> 0,
     # 21 -> 0, 22 -> 0; Welch's t with a zero-variance test set is valid's one-sample t
     welch = out["sentences_welch"]
