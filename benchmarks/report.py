@@ -9,6 +9,13 @@ paired comparisons, results.md and the size plot.
 :data:`ROW_KEYS` (a method that could not run has a ``skipped`` reason and nulls) and names its
 per-recording correctness file, ``predictions/<corpus>/<row key>.json`` beside results.json.
 Comparisons are recomputed from those files, never from the table.
+
+    python benchmarks/report.py --screening benchmarks/screening_s2.json   # also summarise it
+
+``screenings`` (optional) lists ``screen.py`` outputs beside results.json, each summarised in
+results.md over training seeds: every variant screened with two or more seeds, its valid and
+test means, and its difference from :data:`SCREENING_REFERENCES` on the seeds both have, with a
+95% t-interval over them (``--screening`` adds a file to the list).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import math
 import os
 import secrets
 import statistics
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import scipy.stats
@@ -83,6 +90,11 @@ COMPARISONS = [
     *[(f"kmeans_ptq_outliers:{b}", f"kmeans_ptq_sensitive:{b}") for b in (2, 4)],
 ]
 """(A, B) pairs compared on the same recordings wherever both rows exist, as ``method:bits``."""
+
+SCREENING_REFERENCES = ("fp", "quads4")
+"""Screening variants every other variant is compared with in results.md (``screen.py`` row
+names ``<variant>_s<seed>``): the fp student and the 4-bit default, by their names in the
+multi-seed screens."""
 
 ALPHA = 0.05
 """A comparison is worded as a win only when its exact McNemar p-value is below this."""
@@ -160,6 +172,26 @@ def load(path: Path) -> dict:
     if not path.is_file():
         return {"rows": [], "comparisons": [], "corpora": {}, "invocations": []}
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_screening(folder: Path, name: str) -> list[dict]:
+    """The rows of ``screen.py``'s output ``folder/name``.
+
+    Raises:
+        ValueError: the file is missing or a row lacks a key the summary reads (the message
+            names the file and the row).
+    """
+    path = folder / name
+    if not path.is_file():
+        raise ValueError(f"results.json lists the screening file {name!r}, but {path} does "
+                         "not exist (remove it from \"screenings\" or restore the file)")
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    for row in rows:
+        missing = [k for k in ("name", "seed", "corpus_sha256", "valid_accuracy")
+                   if k not in row]
+        if missing:
+            raise ValueError(f"{path}: row {row.get('name', '?')!r} lacks {missing}")
+    return rows
 
 
 def find(results: dict, corpus: str, method: str, bits: int, seed: int) -> dict | None:
@@ -440,8 +472,87 @@ def seed_table(rows: list[dict]) -> str | None:
                       "|---|---|---|---|---|---|---|---|", *lines])
 
 
-def markdown(results: dict) -> str:
-    """results.md: one section per corpus (table, comparisons, settings, invocations)."""
+def _screened_variants(rows: list[dict]) -> dict[tuple, dict[int, dict]]:
+    """{(variant, corpus generation, valid set): {seed: row}} for the rows named
+    ``<variant>_s<seed>`` (rows of one generation and valid set pair up; others never do)."""
+    groups: dict[tuple, dict[int, dict]] = {}
+    for row in rows:
+        variant, _, seed = row["name"].rpartition("_s")
+        if variant and seed.isdigit() and int(seed) == row["seed"]:
+            key = (variant, row["corpus_sha256"], row.get("valid_sha256"))
+            groups.setdefault(key, {})[row["seed"]] = row
+    return groups
+
+
+def _test_accuracy(row: dict) -> float | None:
+    """A screening row's test accuracy from its correctness string (None without one)."""
+    correct = row.get("test_correct")
+    return correct.count("1") / len(correct) if correct else None
+
+
+def _screening_gap(rows: dict[int, dict], reference: dict[int, dict], split: str) -> str:
+    """``rows``' mean difference from ``reference`` on ``split`` ("valid" or "test") over the
+    seeds both have, in points with its 95% t-interval; the seeds are named when they are not
+    all of ``rows``'; "-" when no seed is shared."""
+    accuracy = (lambda r: r["valid_accuracy"]) if split == "valid" else _test_accuracy
+    shared = [s for s in sorted(set(rows) & set(reference))
+              if None not in (accuracy(rows[s]), accuracy(reference[s]))]
+    if not shared:
+        return "-"
+    cell = _gap_over_seeds([accuracy(rows[s]) - accuracy(reference[s]) for s in shared])
+    return cell if shared == sorted(rows) else f"{cell} (seeds {', '.join(map(str, shared))})"
+
+
+def screening_table(rows: list[dict]) -> str | None:
+    """Markdown table of every variant of one ``screen.py`` output screened with two or more
+    seeds: its seeds, valid and test means, and its mean difference from each of
+    :data:`SCREENING_REFERENCES` (same corpus generation and valid set) on valid and on test,
+    with 95% t-intervals over the shared seeds. None when no variant has two seeds."""
+    groups = {key: by_seed for key, by_seed in _screened_variants(rows).items()
+              if len(by_seed) >= 2}
+    if not groups:
+        return None
+    header = ["variant", "recipe and train.py flags", "corpus generation / valid set",
+              "seeds", "valid mean (%)", "test mean (%)"]
+    for reference in SCREENING_REFERENCES:
+        header += [f"valid: minus {reference}", f"test: minus {reference}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (variant, generation, valid_set), by_seed in groups.items():
+        first = by_seed[min(by_seed)]
+        flags = " ".join(first.get("overrides") or [])
+        recipe = (f"{first['hparams']} `{flags or '(none)'}`" if first.get("hparams")
+                  else "finished runs, scored again (`--from-run`)")
+        valid = Path(first["valid_set"]).name if first.get("valid_set") else "its own valid split"
+        tests = [_test_accuracy(r) for r in by_seed.values()]
+        cells = [variant, recipe, f"`{generation}` / {valid}",
+                 ", ".join(map(str, sorted(by_seed))),
+                 f"{100 * statistics.fmean(r['valid_accuracy'] for r in by_seed.values()):.2f}",
+                 "-" if None in tests else f"{100 * statistics.fmean(tests):.2f}"]
+        for reference in SCREENING_REFERENCES:
+            other = groups.get((reference, generation, valid_set), {})
+            cells += (["-", "-"] if reference == variant else
+                      [_screening_gap(by_seed, other, split) for split in ("valid", "test")])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _screening_sections(results: dict, folder: Path) -> list[str]:
+    """results.md's summary of each screening file that results.json lists."""
+    text = []
+    for name in results.get("screenings", []):
+        summary = screening_table(load_screening(folder, name))
+        if summary:
+            text += [f"## Screening runs over training seeds: `{name}`", "",
+                     "Written from `screen.py`'s rows: valid and test accuracy of each variant "
+                     "trained with two or more seeds; differences in accuracy points, the mean "
+                     "over the seeds both variants have, with its 95% Student-t interval over "
+                     "those seeds (paired by seed).", "", summary, ""]
+    return text
+
+
+def markdown(results: dict, folder: Path | None = None) -> str:
+    """results.md: one section per corpus (table, comparisons, settings, invocations), then a
+    summary of each screening file listed (read from ``folder``, results.json's own)."""
     text = ["# Benchmark: QUADS against other ways to compress the student", "",
             "Written by `python benchmarks/report.py` from `results.json` (rows are added by "
             "`python benchmarks/run.py`, one at a time as they finish).", ""]
@@ -469,6 +580,7 @@ def markdown(results: dict) -> str:
                  if r.get("note") or r.get("legacy")]
         if notes:
             text += ["### Row notes", "", *notes, ""]
+    text += _screening_sections(results, folder) if folder else []
     text += ["## What each row is", "", *[f"- {note}" for note in METHOD_NOTES], "",
              "![accuracy vs size](accuracy_vs_size.png)", ""]
     return "\n".join(text)
@@ -523,15 +635,23 @@ def plot(results: dict, path: Path) -> None:
 def render(results_path: Path) -> None:
     """Rewrite results.md and accuracy_vs_size.png beside ``results_path`` from its content."""
     results = load(results_path)
-    write_atomic(results_path.with_name("results.md"), markdown(results))
+    write_atomic(results_path.with_name("results.md"), markdown(results, results_path.parent))
     plot(results, results_path.with_name("accuracy_vs_size.png"))
 
 
-def recompute(results_path: Path) -> None:
-    """Recompute results.json's ``comparisons`` from the stored predictions (under the lock)."""
+def recompute(results_path: Path, screenings: Sequence[Path] = ()) -> None:
+    """Recompute results.json's ``comparisons`` from the stored predictions and add
+    ``screenings`` (paths of screening files beside it) to its list (under the lock)."""
     with locked(results_path):
         results = load(results_path)
         results["comparisons"] = comparisons(results, results_path.parent)
+        for path in screenings:
+            if path.resolve().parent != results_path.resolve().parent:
+                raise ValueError(f"--screening {path}: the file must lie beside "
+                                 f"{results_path} (results.json lists it by name)")
+            load_screening(results_path.parent, path.name)
+            if path.name not in results.setdefault("screenings", []):
+                results["screenings"].append(path.name)
         write_atomic(results_path, json.dumps(results, indent=1) + "\n")
 
 
@@ -540,9 +660,15 @@ def main(argv: list[str] | None = None) -> None:
                                                  "results.md and the plot.")
     parser.add_argument("--results", type=Path,
                         default=Path(__file__).resolve().parent / "results.json")
-    results = parser.parse_args(argv).results
-    recompute(results)
-    render(results)
+    parser.add_argument("--screening", type=Path, action="append", default=[],
+                        help="a screen.py output beside results.json to summarise in "
+                             "results.md (kept in results.json's list; repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        recompute(args.results, args.screening)
+        render(args.results)
+    except ValueError as error:
+        parser.exit(2, f"report.py: {error}\n")
 
 
 if __name__ == "__main__":

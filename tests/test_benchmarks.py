@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from readme_commands import documented_commands
 
 from speechbrain_quads.evaluation.stats import clopper_pearson, mcnemar_exact
 
@@ -253,6 +254,73 @@ def test_seed_table_gives_mean_spread_and_the_gap_to_fp_on_shared_seeds():
     (mixed_line,) = [line for line in report.seed_table(mixed).splitlines()
                      if line.startswith(f"| {report.LABELS['quads_mct_mixed']} | 3 |")]
     assert mixed_line.endswith("| -1.00 [-1.00, -1.00] (1, 2), against 4 bits |")
+
+
+def _screened(name: str, seed: int, valid: float, test: str, generation: str = "g1") -> dict:
+    """A ``screen.py`` row: valid accuracy and per-recording test correctness."""
+    return {"name": f"{name}_s{seed}", "seed": seed, "corpus_sha256": generation,
+            "valid_sha256": None, "valid_set": None, "hparams": "slurp_4bit.yaml",
+            "overrides": ["--mct_iterations=7"] if name == "mct7" else [], "from_run": None,
+            "valid_accuracy": valid, "test_correct": test}
+
+
+def test_screening_table_pairs_variants_by_seed_on_valid_and_test():
+    rows = [_screened("fp", 1, 0.40, "1100"), _screened("fp", 2, 0.50, "1110"),
+            _screened("quads4", 1, 0.30, "1000"), _screened("quads4", 2, 0.40, "1100"),
+            _screened("quads4", 3, 0.35, "1111"),
+            _screened("mct7", 1, 0.35, "1100"), _screened("mct7", 2, 0.30, "1111"),
+            _screened("mct7", 3, 0.45, "1111"),
+            _screened("single", 1, 0.90, "1111"),  # one seed: not summarised
+            _screened("fp", 3, 0.90, "0000", generation="g2")]  # another corpus: never paired
+    lines = report.screening_table(rows).splitlines()
+    assert len(lines) == 5  # header, rule, fp, quads4, mct7
+    fp, quads4, mct7 = (cells.split(" | ") for cells in lines[2:])
+    assert fp[:6] == ["| fp", "slurp_4bit.yaml `(none)`", "`g1` / its own valid split", "1, 2",
+                      "45.00", "62.50"]
+    # fp minus quads4, seeds 1 and 2: valid +10 and +10 points (standard deviation 0); test
+    # +25 and +25
+    assert fp[6:] == ["-", "-", "+10.00 [+10.00, +10.00]", "+25.00 [+25.00, +25.00] |"]
+    # quads4 minus fp on the two seeds fp has, which are not all of quads4's: named
+    assert quads4[6:8] == ["-10.00 [-10.00, -10.00] (seeds 1, 2)",
+                           "-25.00 [-25.00, -25.00] (seeds 1, 2)"]
+    # mct7 minus quads4, seeds 1-3: valid +5, -10, +10 points: mean +1.67, standard deviation
+    # 10.41, t(0.975, 2) = 4.3027: half-width 4.3027 * 10.41 / sqrt(3) = 25.86; test +25, +50, 0
+    # -> mean +25, standard deviation 25, half-width 62.10
+    assert mct7[1] == "slurp_4bit.yaml `--mct_iterations=7`"
+    assert mct7[8:] == ["+1.67 [-24.19, +27.52]", "+25.00 [-37.10, +87.10] |"]
+    assert report.screening_table(rows[-2:]) is None
+
+
+def test_report_summarises_the_screening_files_results_json_lists(tmp_path):
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    rows = [_screened("fp", 1, 0.40, "1100"), _screened("fp", 2, 0.50, "1110"),
+            _screened("quads4", 1, 0.30, "1000"), _screened("quads4", 2, 0.40, "1100")]
+    (folder / "screening_x.json").write_text(json.dumps(rows))
+    results = folder / "results.json"
+
+    def run(*flags):
+        return subprocess.run([sys.executable, "benchmarks/report.py", "--results", str(results),
+                               *flags], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+    outside = tmp_path / "screening_y.json"
+    outside.write_text("[]")
+    result = run("--screening", str(outside))
+    assert result.returncode == 2 and "must lie beside" in result.stderr
+    assert run("--screening", str(folder / "screening_x.json")).returncode == 0
+    assert report.load(results)["screenings"] == ["screening_x.json"]
+    assert run().returncode == 0  # kept in the list: summarised again without the flag
+    text = (folder / "results.md").read_text()
+    assert "## Screening runs over training seeds: `screening_x.json`" in text
+    assert "| quads4 | slurp_4bit.yaml `(none)` | `g1` / its own valid split | 1, 2 | 35.00 |" in text
+    (folder / "screening_x.json").unlink()
+    result = run()
+    assert result.returncode == 2
+    assert "lists the screening file 'screening_x.json'" in result.stderr
+    (folder / "screening_x.json").write_text(json.dumps([{"name": "fp_s1", "seed": 1}]))
+    result = run()
+    assert result.returncode == 2 and "row 'fp_s1' lacks ['corpus_sha256', 'valid_accuracy']" in (
+        result.stderr)
 
 
 def test_post_training_rows_of_two_fp_trainings_are_marked_as_pipelines(tmp_path):
@@ -707,21 +775,25 @@ def test_work_folder_of_another_corpus_is_refused(quick, tmp_path):
 
 
 def test_readme_report_command_rewrites_the_committed_tables_unchanged(tmp_path):
-    """README's ``python benchmarks/report.py``, run as written from the root of a copy of the
-    benchmark folder: it recomputes every paired test from the committed per-recording files
-    and writes the committed ``results.md`` and ``results.json`` again, byte for byte (so
-    they are what the rows say), and draws the plot."""
+    """README's two ``python benchmarks/report.py`` commands, run as written from the root of a
+    copy of the benchmark folder: each recomputes every paired test from the committed
+    per-recording files and writes the committed ``results.md`` and ``results.json`` again,
+    byte for byte (so they are what the rows say), and draws the plot."""
     copy = tmp_path / "benchmarks"
     copy.mkdir()
-    for name in ("report.py", "results.json", "results.md"):
+    listed = json.loads((REPO / "benchmarks" / "results.json").read_text())["screenings"]
+    for name in ("report.py", "results.json", "results.md", *listed):
         shutil.copy2(REPO / "benchmarks" / name, copy / name)
     shutil.copytree(REPO / "benchmarks" / "predictions", copy / "predictions")
-    (copy / "results.md").write_text("stale\n")
-    result = subprocess.run([sys.executable, "benchmarks/report.py"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("results.md", "results.json"):
-        assert (copy / name).read_text() == (REPO / "benchmarks" / name).read_text(), name
+    commands = documented_commands(REPO / "README.md", "python benchmarks/report.py")
+    assert len(commands) == 2  # redraw; and summarise a screening file (listed already)
+    for words in commands:
+        (copy / "results.md").write_text("stale\n")
+        result = subprocess.run([sys.executable, *words[1:]], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        for name in ("results.md", "results.json"):
+            assert (copy / name).read_text() == (REPO / "benchmarks" / name).read_text(), name
     assert (copy / "accuracy_vs_size.png").stat().st_size > 10_000
 
 

@@ -74,7 +74,7 @@ def test_readme_glance_figures_are_the_committed_results():
     results = (REPO / "benchmarks" / "results.md").read_text(encoding="utf-8")
     intervals = re.findall(r"[+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]", glance)
     p_values = re.findall(r"p = ([0-9.e-]+)\)", glance)
-    assert len(intervals) == 9 and len(p_values) == 4
+    assert len(intervals) == 14 and len(p_values) == 4
     assert [i for i in intervals if i not in results] == []
     assert [p for p in p_values if f"| {p} |" not in results] == []
     ratios = json.loads((REPO / "benchmarks" / "quantization.json").read_text())
