@@ -113,8 +113,10 @@ def test_refuses_unpaired_or_mismatched_rows(inputs):
 
 
 def test_the_readme_command_runs_as_written(tmp_path):
-    """README's command, from a repository root that holds its inputs at the paths it names."""
-    (words,) = documented_commands(REPO / "README.md", "python benchmarks/agreement.py")
+    """``benchmarks/README.md``'s command, from a repository root that holds its inputs at the
+    paths it names."""
+    (words,) = documented_commands(REPO / "benchmarks" / "README.md",
+                                   "python benchmarks/agreement.py")
     root = tmp_path / "repo"
     (root / "benchmarks").mkdir(parents=True)
     (root / "benchmarks" / "agreement.py").symlink_to(REPO / "benchmarks" / "agreement.py")

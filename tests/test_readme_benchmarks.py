@@ -1,7 +1,8 @@
-"""README's benchmark commands, each run exactly as written from a repository root built here,
-which holds a mini corpus at ``results/slurp_text_corpus`` (the path the commands name) in the
-place of the SLURP-sentence corpus: the run.py selection (two seeds of the fp student and 4-bit
-QUADS, the recipes' full 11-epoch schedule), then the commands that read its run folders."""
+"""The benchmark commands of README.md and benchmarks/README.md, each run exactly as written
+from a repository root built here, which holds a mini corpus at ``results/slurp_text_corpus``
+(the path the commands name) in the place of the SLURP-sentence corpus: the run.py selection
+(two seeds of the fp student and 4-bit QUADS, the recipes' full 11-epoch schedule), then the
+commands that read its run folders."""
 
 import json
 import shutil
@@ -14,6 +15,8 @@ from readme_commands import documented_commands
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+RECORD = REPO / "benchmarks" / "README.md"
+"""The benchmark's full record, with the commands that read finished runs."""
 MINI_CORPUS = ["--n-train", "24", "--n-valid", "8", "--n-test", "12", "--n-synthetic", "4",
                "--n-speakers", "6", "--n-intents", "4", "--seed", "1"]
 """The quick benchmark's corpus sizes (``benchmarks/plan.py`` ``MINI["quick"]``)."""
@@ -78,11 +81,11 @@ def test_commands_on_finished_runs(root):
     and the ONNX paths' accuracy on an export (the 4-bit run of seed 1 stands in for the older
     probe corpus' run that README names)."""
     (klatt,) = [w for w in documented_commands(
-        README, "python recipes/mini_corpus/generate.py slurp-text-valid")
+        RECORD, "python recipes/mini_corpus/generate.py slurp-text-valid")
         if "--speakers-of" not in w]
-    (scored,) = [w for w in documented_commands(README, "python benchmarks/screen.py")
+    (scored,) = [w for w in documented_commands(RECORD, "python benchmarks/screen.py")
                  if "--from-run" in w]
-    (sensitivity,) = documented_commands(README, "python benchmarks/layer_sensitivity.py")
+    (sensitivity,) = documented_commands(RECORD, "python benchmarks/layer_sensitivity.py")
     (onnx,) = documented_commands(README, "python benchmarks/onnx_accuracy.py")
     for run in (_value(scored, "--from-run"), sensitivity[2]):
         assert (root / run).is_dir(), (
@@ -114,7 +117,7 @@ def test_commands_on_finished_runs(root):
 def test_the_one_variant_screen_command_trains_it(root):
     """``screen.py --name fp_alpha0.9 --hparams slurp_32bit.yaml -- --alpha=0.9``: the fp recipe
     trained with the override after ``--`` (all 11 epochs) and the variant's valid row stored."""
-    (words,) = [w for w in documented_commands(README, "python benchmarks/screen.py")
+    (words,) = [w for w in documented_commands(RECORD, "python benchmarks/screen.py")
                 if "--name" in w and "--from-run" not in w]
     _as_written(root, words)
     name, overrides = _value(words, "--name"), words[words.index("--") + 1:]

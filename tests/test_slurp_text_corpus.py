@@ -355,9 +355,10 @@ def test_valid_lines_in_test_voices(corpus, tmp_path):
 
 
 def test_readme_test_voice_command_runs_as_written(source, tmp_path):
-    """README's ``slurp-text-valid --speakers-of test`` command, as written, from a repository
-    root whose ``results/slurp_text_corpus`` is a corpus made with the default seed."""
-    (words,) = [w for w in documented_commands(REPO / "README.md",
+    """``benchmarks/README.md``'s ``slurp-text-valid --speakers-of test`` command, as written,
+    from a repository root whose ``results/slurp_text_corpus`` is a corpus made with the
+    default seed."""
+    (words,) = [w for w in documented_commands(REPO / "benchmarks" / "README.md",
                                                "python recipes/mini_corpus/generate.py")
                 if "--speakers-of" in w]
     root = tmp_path / "repo"
